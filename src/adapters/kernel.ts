@@ -1,0 +1,94 @@
+import type { DomainRecord } from "../core/model.js";
+import { parseIfbAlias } from "../core/names.js";
+import {
+  type DeviceQuery,
+  linksFromJson,
+  type ObservedDevice,
+  type ObservedLink,
+  observeBatchLines,
+  qdiscsFromJson,
+  splitObserveOutput,
+} from "../core/normalise.js";
+import type { Observed } from "../core/plan.js";
+import type { Runner } from "./exec.js";
+
+export class BatchError extends Error {
+  readonly code = "TC_BATCH_FAILED";
+  constructor(
+    readonly tool: "tc" | "ip",
+    readonly lineNumber: number | undefined,
+    readonly line: string | undefined,
+    readonly detail: string,
+  ) {
+    super(
+      `${tool} -batch failed${lineNumber ? ` at line ${lineNumber}: ${line}` : ""}: ${detail.trim().split("\n")[0] || "(no message)"}`,
+    );
+  }
+}
+
+/**
+ * Read everything plan() needs in three processes whatever the number of devices: links and all qdiscs as
+ * JSON, then one `tc -j -batch` for classes and filters of the devices that matter.
+ */
+export async function observe(
+  runner: Runner,
+  opts: { devs: Iterable<string>; records: DomainRecord[]; everything?: boolean; stats?: boolean },
+): Promise<Observed> {
+  const [linkRes, qdiscRes] = await Promise.all([
+    runner.run("ip", ["-j", "-d", "link", "show"]),
+    runner.run("tc", opts.stats ? ["-s", "-j", "qdisc", "show"] : ["-j", "qdisc", "show"]),
+  ]);
+  if (linkRes.code !== 0) throw new Error(`ip link show failed: ${linkRes.stderr.trim()}`);
+  if (qdiscRes.code !== 0) throw new Error(`tc qdisc show failed: ${qdiscRes.stderr.trim()}`);
+  const links = new Map<string, ObservedLink>(linksFromJson(JSON.parse(linkRes.stdout || "[]")).map((l) => [l.name, l]));
+  const qdiscs = qdiscsFromJson(JSON.parse(qdiscRes.stdout || "[]"));
+
+  const wanted = new Set<string>(opts.devs);
+  for (const l of links.values()) if (parseIfbAlias(l.alias)) wanted.add(l.name);
+  for (const r of opts.records) for (const i of r.interfaces) if (i.dev) wanted.add(i.dev);
+  if (opts.everything) for (const dev of qdiscs.keys()) wanted.add(dev);
+
+  const queries: DeviceQuery[] = [];
+  for (const dev of wanted) {
+    const qs = qdiscs.get(dev);
+    if (!links.has(dev) || !qs) continue;
+    const hook = qs.find((q) => q.parent === "ffff:fff1");
+    const ourRoot = qs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === "7651:");
+    queries.push({ dev, classes: ourRoot, egress: hook?.kind === "clsact", rootFilters: ourRoot });
+  }
+  const devices = new Map<string, ObservedDevice>();
+  if (queries.length) {
+    const lines = queries.flatMap(observeBatchLines);
+    const res = await runner.run("tc", [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"], `${lines.join("\n")}\n`);
+    if (res.code !== 0) {
+      // A device vanished between the dumps (a guest stopped): ask again device by device, skipping the gone.
+      for (const q of queries) {
+        const one = await runner.run("tc", ["-d", "-j", "-batch", "-"], `${observeBatchLines(q).join("\n")}\n`);
+        if (one.code !== 0) continue;
+        const part = splitObserveOutput(one.stdout, [q]).get(q.dev);
+        if (part) devices.set(q.dev, { ...part, qdiscs: qdiscs.get(q.dev) ?? [] });
+      }
+    } else {
+      for (const [dev, part] of splitObserveOutput(res.stdout, queries)) {
+        devices.set(dev, { ...part, qdiscs: qdiscs.get(dev) ?? [] });
+      }
+    }
+  }
+  for (const [dev, qs] of qdiscs) if (!devices.has(dev)) devices.set(dev, { dev, qdiscs: qs, classes: [], filters: [] });
+  return { links, devices, records: opts.records };
+}
+
+/** Feed lines to `tc -batch -` or `ip -batch -`. iproute2 stops at the first failing line and says which. */
+export async function runBatch(runner: Runner, tool: "tc" | "ip", lines: string[], force = false): Promise<void> {
+  if (!lines.length) return;
+  const args = force ? ["-force", "-batch", "-"] : ["-batch", "-"];
+  const res = await runner.run(tool, args, `${lines.join("\n")}\n`);
+  if (res.code === 0) return;
+  const m = /Command failed -:(\d+)/.exec(res.stderr);
+  const n = m ? Number(m[1]) : undefined;
+  const detail = res.stderr
+    .split("\n")
+    .filter((l) => l.trim() && !l.startsWith("Command failed"))
+    .join("; ");
+  throw new BatchError(tool, n, n ? lines[n - 1] : undefined, detail || res.stderr);
+}

@@ -1,0 +1,113 @@
+import type { Runner } from "../adapters/exec.js";
+import { observe } from "../adapters/kernel.js";
+import { loadRecords } from "../adapters/state.js";
+import type { DesiredInterface, Direction, DomainRecord } from "../core/model.js";
+import { IFACE_CLASSID, PRIO_REDIRECT } from "../core/names.js";
+import { hookFor, plan } from "../core/plan.js";
+import type { Policy } from "../core/policy.js";
+import type { Capabilities } from "../core/recipe.js";
+
+// `virtqos status`: what virtqos applied, what the kernel has now, counters, and whether they still match.
+// The match is a CHECK in the Kubernetes plugin's sense: re-plan from the records and see if anything is left.
+
+export interface StatusRow {
+  guest: string;
+  domainUuid: string;
+  mac: string;
+  dev?: string;
+  direction: Direction;
+  /** Where the limit is enforced: the tap itself or the IFB carrying guest upload. */
+  enforcedOn?: string;
+  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; source: string; mode: string };
+  kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number; police?: boolean };
+  bytes: number;
+  packets: number;
+  drops: number;
+  overlimits: number;
+  matches: boolean;
+  note?: string;
+}
+
+export function desiredFromRecords(records: DomainRecord[]): DesiredInterface[] {
+  return records.flatMap((r) =>
+    r.interfaces.map((i) => ({
+      key: `${r.domainUuid}/${i.mac}`,
+      domainName: r.domainName,
+      domainUuid: r.domainUuid,
+      mac: i.mac,
+      type: i.type,
+      dev: i.dev,
+      swapped: i.swapped,
+      ovs: false,
+      inbound: i.inbound,
+      outbound: i.outbound,
+      notEnforceable: i.notEnforceable,
+      group: i.group,
+    })),
+  );
+}
+
+export async function collectStatus(
+  runner: Runner,
+  runDir: string,
+  caps: Capabilities,
+  policy: Policy,
+): Promise<StatusRow[]> {
+  const records = loadRecords(runDir);
+  const observed = await observe(runner, { devs: [], records, stats: true });
+  const desired = desiredFromRecords(records);
+  const p = plan(desired, observed, caps, {
+    leaf: policy.leaf,
+    scope: records.map((r) => r.domainUuid),
+    sweep: false,
+  });
+  const drift = new Set<string>([
+    ...p.ops.flatMap((o) => (o.iface ? [o.iface] : [])),
+    ...p.problems.flatMap((x) => (x.iface ? [x.iface] : [])),
+  ]);
+  const rows: StatusRow[] = [];
+  for (const r of records) {
+    for (const i of r.interfaces) {
+      const key = `${r.domainUuid}/${i.mac}`;
+      for (const direction of ["inbound", "outbound"] as const) {
+        const limit = i[direction];
+        if (!limit) continue;
+        const onRoot = hookFor(direction, i.swapped) === "root";
+        const police = !onRoot && limit.mode === "police" && direction === "outbound";
+        const enforcedOn = onRoot || police ? i.dev : i.ifb;
+        const dev = enforcedOn ? observed.devices.get(enforcedOn) : undefined;
+        const cls = dev?.classes.find((c) => c.classid === IFACE_CLASSID);
+        const filter = police
+          ? observed.devices.get(i.dev ?? "")?.filters.find((f) => f.prio === PRIO_REDIRECT && f.hook === "ingress")
+          : undefined;
+        const exists = !!(i.dev && observed.links.has(i.dev));
+        rows.push({
+          guest: r.domainName,
+          domainUuid: r.domainUuid,
+          mac: i.mac,
+          dev: i.dev,
+          direction,
+          enforcedOn,
+          configured: {
+            rateBitsPerSec: limit.rateBitsPerSec,
+            ceilBitsPerSec: limit.ceilBitsPerSec,
+            source: limit.source,
+            mode: police ? "police" : "shape",
+          },
+          kernel: cls
+            ? { rateBitsPerSec: cls.rateBitsPerSec, ceilBitsPerSec: cls.ceilBitsPerSec }
+            : filter?.police
+              ? { rateBitsPerSec: filter.police.rateBitsPerSec, police: true }
+              : undefined,
+          bytes: cls?.stats?.bytes ?? filter?.stats?.bytes ?? 0,
+          packets: cls?.stats?.packets ?? filter?.stats?.packets ?? 0,
+          drops: cls?.stats?.drops ?? 0,
+          overlimits: cls?.stats?.overlimits ?? 0,
+          matches: exists && !drift.has(key),
+          note: exists ? undefined : `host device ${i.dev} is gone`,
+        });
+      }
+    }
+  }
+  return rows;
+}

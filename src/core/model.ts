@@ -1,0 +1,137 @@
+// The data virtqos reasons about. Directions are always from the guest's point of view, as in libvirt:
+// "inbound" = guest download (host transmits to the guest), "outbound" = guest upload.
+
+export type Direction = "inbound" | "outbound";
+export const DIRECTIONS: readonly Direction[] = ["inbound", "outbound"];
+
+/** Where a limit came from, highest precedence first. */
+export type LimitSource = "policy" | "metadata" | "bandwidth" | "defaults";
+
+/** How guest upload is enforced: shaped through an IFB (default) or policed (libvirt-compatible, drops). */
+export type UploadMode = "shape" | "police";
+
+/** One direction's limit, already converted to base units. */
+export interface DirectionLimit {
+  rateBitsPerSec: number;
+  /** Highest instantaneous rate while the burst lasts; equals rateBitsPerSec when no peak was given. */
+  ceilBitsPerSec: number;
+  /** Bytes that may pass at up to ceilBitsPerSec; undefined = virtqos computes it. */
+  burstBytes?: number;
+  /** Guaranteed rate inside a group (libvirt `floor`). */
+  floorBitsPerSec?: number;
+  mode: UploadMode;
+  source: LimitSource;
+}
+
+/** Interface types as libvirt names them. */
+export type InterfaceType =
+  | "bridge"
+  | "network"
+  | "ethernet"
+  | "direct"
+  | "vhostuser"
+  | "hostdev"
+  | "user"
+  | "vdpa"
+  | "mcast"
+  | "udp"
+  | "server"
+  | "client"
+  | "null"
+  | "vds"
+  | string;
+
+/** Raw libvirt `<inbound>`/`<outbound>` attributes, in libvirt units (kB/s, KiB). */
+export interface LibvirtRate {
+  average?: number;
+  peak?: number;
+  burst?: number;
+  floor?: number;
+}
+
+export interface LibvirtBandwidth {
+  inbound?: LibvirtRate;
+  outbound?: LibvirtRate;
+}
+
+/** A guest interface as read from domain XML. */
+export interface GuestInterface {
+  /** Position among the domain's <interface> elements, 0-based. */
+  index: number;
+  type: InterfaceType;
+  mac?: string;
+  targetDev?: string;
+  alias?: string;
+  sourceBridge?: string;
+  sourceNetwork?: string;
+  sourceDev?: string;
+  virtualportType?: string;
+  bandwidth?: LibvirtBandwidth;
+}
+
+export interface MetadataInterface {
+  mac: string;
+  inbound?: LibvirtRate;
+  outbound?: LibvirtRate;
+  /** Group named in metadata (groups issue). */
+  group?: string;
+}
+
+export interface DomainInfo {
+  name: string;
+  uuid: string;
+  interfaces: GuestInterface[];
+  metadata: MetadataInterface[];
+  /** Group named for the whole domain in metadata. */
+  metadataGroup?: string;
+  /** Problems found in the XML that did not stop parsing (e.g. a foreign qos namespace). */
+  warnings: string[];
+}
+
+/** An interface with its resolved limits: what should be. */
+export interface DesiredInterface {
+  /** Stable identity: domain UUID + MAC. Survives tap renames and is known at `release end`. */
+  key: string;
+  domainName: string;
+  domainUuid: string;
+  mac: string;
+  type: InterfaceType;
+  /** Host netdev (tap, vnetN, macvtapN); undefined before the tap exists or after it is gone. */
+  dev?: string;
+  /** macvtap (type direct): host RX is guest download, so the two kernel hooks swap. */
+  swapped: boolean;
+  ovs: boolean;
+  inbound?: DirectionLimit;
+  outbound?: DirectionLimit;
+  /** Why this interface cannot be shaped (no host netdev), if so. */
+  notEnforceable?: string;
+  /** Group membership per direction (groups issue). */
+  group?: GroupMembership;
+}
+
+export interface GroupMembership {
+  /** Top-level group that owns the shared tree. */
+  tree: string;
+  /** Path of group names from the top-level group down to the member's own group. */
+  path: string[];
+}
+
+export interface DomainRecord {
+  domainName: string;
+  domainUuid: string;
+  interfaces: {
+    mac: string;
+    dev?: string;
+    /** ifindex of dev when shaped: tap names are reused, ifindexes are not. */
+    ifindex?: number;
+    /** virtqos added the dev's clsact/ingress qdisc (so it may remove it again). */
+    createdHook?: boolean;
+    type: InterfaceType;
+    swapped: boolean;
+    inbound?: DirectionLimit;
+    outbound?: DirectionLimit;
+    ifb?: string;
+    group?: GroupMembership;
+    notEnforceable?: string;
+  }[];
+}

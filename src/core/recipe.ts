@@ -1,0 +1,122 @@
+import type { LeafChoice } from "./policy.js";
+import { toKernelBytesPerSec } from "./units.js";
+
+/** What the kernel and iproute2 can do, as probed. The planner never assumes a feature. */
+export interface Capabilities {
+  iproute2: string;
+  qdiscs: string[];
+  classifiers: string[];
+  actions: string[];
+  ifb: boolean;
+}
+
+export const has = (caps: Capabilities, kind: "qdisc" | "classifier" | "action", name: string): boolean =>
+  (kind === "qdisc" ? caps.qdiscs : kind === "classifier" ? caps.classifiers : caps.actions).includes(name);
+
+/** HTB class parameters, in the kernel's units (bytes per second, bytes). */
+export interface HtbClass {
+  rateBytesPerSec: number;
+  ceilBytesPerSec: number;
+  burstBytes: number;
+  cburstBytes: number;
+  quantumBytes: number;
+}
+
+export type Leaf =
+  | { kind: "fq_codel" }
+  | { kind: "sfq"; limitPackets: number }
+  | { kind: "bfifo"; limitBytes: number };
+
+/** One Ethernet frame as tc accounts it (no FCS, no preamble). */
+export const FRAME_BYTES = 1514;
+/** Largest GSO super-packet a guest or the host stack hands to a qdisc (64 KiB payload plus headers). */
+export const GSO_MAX_BYTES = 65536 + FRAME_BYTES;
+/**
+ * Dequeue jitter to absorb: HTB refills tokens when it is woken, and a busy 2-core host wakes it late by a few
+ * milliseconds. A burst shorter than that throws the credit away and TCP stalls below the limit
+ * (field note 1: "50-70% of the limit").
+ */
+const JITTER_SECONDS = 0.005;
+/**
+ * Never allow more than this share of a second's worth of data as burst, so the first second of a transfer
+ * stays within 10% of the limit (field note 2: "1.5-2 Gbit/s in the first second").
+ */
+const MAX_BURST_SHARE_OF_SECOND = 0.05;
+/** Queue delay the FIFO leaf may add under load; keeps ping p99 through a saturated link near 20 ms. */
+export const FIFO_TARGET_SECONDS = 0.02;
+/** HTB warns below 1000 and above 200000 ("quantum of class is big"); stay inside. */
+const QUANTUM_MIN = FRAME_BYTES;
+const QUANTUM_MAX = 200_000;
+
+/**
+ * The token-bucket depth for a rate: enough to ride out dequeue jitter and, where the second allows it, one
+ * whole GSO packet; never more than 5% of a second of data.
+ */
+export function burstFor(bytesPerSec: number): number {
+  const jitter = bytesPerSec * JITTER_SECONDS;
+  const cap = bytesPerSec * MAX_BURST_SHARE_OF_SECOND;
+  const gsoWhereAffordable = Math.min(GSO_MAX_BYTES, cap);
+  return Math.ceil(Math.max(jitter, gsoWhereAffordable, 2 * FRAME_BYTES));
+}
+
+/** Quantum for DRR among siblings: proportional to the guaranteed rate so borrowing is shared by floors. */
+export function quantumFor(bytesPerSec: number): number {
+  return Math.round(Math.min(QUANTUM_MAX, Math.max(QUANTUM_MIN, bytesPerSec / 100)));
+}
+
+export interface ClassInput {
+  rateBitsPerSec: number;
+  ceilBitsPerSec: number;
+  burstBytes?: number;
+}
+
+export function htbClass(input: ClassInput): HtbClass {
+  const rate = toKernelBytesPerSec(input.rateBitsPerSec);
+  const ceil = Math.max(rate, toKernelBytesPerSec(input.ceilBitsPerSec));
+  return {
+    rateBytesPerSec: rate,
+    ceilBytesPerSec: ceil,
+    burstBytes: input.burstBytes ?? burstFor(rate),
+    cburstBytes: burstFor(ceil),
+    quantumBytes: quantumFor(rate),
+  };
+}
+
+export interface LeafDecision {
+  leaf: Leaf;
+  why: string;
+}
+
+/** fq_codel where the kernel has it, else sfq, else a FIFO bounded by queueing delay, not by packet count. */
+export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: LeafChoice): LeafDecision {
+  const fifo = (why: string): LeafDecision => ({
+    leaf: {
+      kind: "bfifo",
+      // Below ~10 frames TCP cannot keep the link busy after a loss; above the target the queue is bloat.
+      limitBytes: Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS)),
+    },
+    why,
+  });
+  const sfq = (why: string): LeafDecision => ({
+    leaf: {
+      kind: "sfq",
+      limitPackets: Math.max(16, Math.round((ceilBytesPerSec * FIFO_TARGET_SECONDS) / FRAME_BYTES)),
+    },
+    why,
+  });
+  const hasFq = caps.qdiscs.includes("fq_codel");
+  const hasSfq = caps.qdiscs.includes("sfq");
+  switch (choice) {
+    case "fq_codel":
+      if (hasFq) return { leaf: { kind: "fq_codel" }, why: "policy leaf: fq_codel" };
+      break;
+    case "sfq":
+      if (hasSfq) return sfq("policy leaf: sfq");
+      break;
+    case "fifo":
+      return fifo("policy leaf: fifo");
+  }
+  if (hasFq) return { leaf: { kind: "fq_codel" }, why: "fq_codel available: flow isolation and AQM" };
+  if (hasSfq) return sfq("no fq_codel; sfq available: flow fairness, queue bounded to ~20 ms");
+  return fifo("neither fq_codel nor sfq in this kernel: byte FIFO bounded to ~20 ms of queue");
+}

@@ -1,0 +1,140 @@
+import type {
+  DesiredInterface,
+  Direction,
+  DirectionLimit,
+  DomainInfo,
+  GuestInterface,
+  LibvirtRate,
+  LimitSource,
+} from "./model.js";
+import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy.js";
+import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
+
+// Desired state of a domain's interfaces: which limit applies to each direction of each interface, and why.
+// Precedence per direction: policy file > <metadata> > <bandwidth> > policy defaults. `unlimited` in the
+// policy stops the search (an operator's explicit "no limit" beats the XML).
+
+/** Interface types that give the host a netdev for tc to act on. */
+const HOST_NETDEV_TYPES = new Set(["bridge", "network", "ethernet", "direct"]);
+
+export interface ResolveResult {
+  interfaces: DesiredInterface[];
+  warnings: string[];
+}
+
+export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult {
+  const warnings = [...domain.warnings];
+  const domainRule = findDomainRule(domain, policy);
+  const interfaces = domain.interfaces.map((iface): DesiredInterface => {
+    const mac = iface.mac ?? `#${iface.index}`;
+    const base: DesiredInterface = {
+      key: `${domain.uuid}/${mac}`,
+      domainName: domain.name,
+      domainUuid: domain.uuid,
+      mac,
+      type: iface.type,
+      dev: iface.targetDev,
+      swapped: iface.type === "direct",
+      ovs: iface.virtualportType === "openvswitch",
+    };
+    const ifaceRule = domainRule?.interfaces.find((r) => matchesInterface(r, iface));
+    const meta = domain.metadata.find((m) => m.mac === iface.mac);
+    for (const direction of ["inbound", "outbound"] as const) {
+      const limit = resolveDirection(direction, policy, domainRule, ifaceRule, meta?.[direction], iface, warnings, domain);
+      if (limit) base[direction] = limit;
+    }
+    if (!HOST_NETDEV_TYPES.has(iface.type)) {
+      base.notEnforceable = `interface type "${iface.type}" has no host network device for tc to shape`;
+      base.dev = undefined;
+    }
+    return base;
+  });
+  return { interfaces, warnings };
+}
+
+function findDomainRule(domain: DomainInfo, policy: Policy): PolicyDomainRule | undefined {
+  const uuid = domain.uuid.replace(/-/g, "");
+  return (
+    policy.domains.find((d) => d.uuid !== undefined && d.uuid.replace(/-/g, "") === uuid) ??
+    policy.domains.find((d) => d.uuid === undefined && d.name === domain.name)
+  );
+}
+
+function matchesInterface(rule: PolicyInterfaceRule, iface: GuestInterface): boolean {
+  if (rule.mac !== undefined && rule.mac !== iface.mac) return false;
+  if (rule.target !== undefined && rule.target !== iface.targetDev) return false;
+  if (rule.alias !== undefined && rule.alias !== iface.alias) return false;
+  return true;
+}
+
+function resolveDirection(
+  direction: Direction,
+  policy: Policy,
+  domainRule: PolicyDomainRule | undefined,
+  ifaceRule: PolicyInterfaceRule | undefined,
+  meta: LibvirtRate | undefined,
+  iface: GuestInterface,
+  warnings: string[],
+  domain: DomainInfo,
+): DirectionLimit | undefined {
+  const fromPolicy = ifaceRule?.[direction] ?? domainRule?.[direction];
+  if (fromPolicy) return fromPolicyDirection(fromPolicy, direction, policy, "policy");
+  const where = `domain ${domain.name} interface ${iface.mac ?? `#${iface.index}`}`;
+  if (meta) {
+    const l = fromLibvirt(meta, direction, policy, "metadata", `${where} <metadata> ${direction}`, warnings);
+    if (l) return l;
+  }
+  const bw = iface.bandwidth?.[direction];
+  if (bw) {
+    const l = fromLibvirt(bw, direction, policy, "bandwidth", `${where} <bandwidth><${direction}>`, warnings);
+    if (l) return l;
+  }
+  const def = policy.defaults[direction];
+  if (def) return fromPolicyDirection(def, direction, policy, "defaults");
+  return undefined;
+}
+
+function fromPolicyDirection(
+  p: PolicyDirection,
+  direction: Direction,
+  policy: Policy,
+  source: LimitSource,
+): DirectionLimit | undefined {
+  if (p.unlimited || p.rateBitsPerSec === undefined) return undefined;
+  return {
+    rateBitsPerSec: p.rateBitsPerSec,
+    ceilBitsPerSec: Math.max(p.peakBitsPerSec ?? p.rateBitsPerSec, p.rateBitsPerSec),
+    burstBytes: p.burstBytes,
+    floorBitsPerSec: p.floorBitsPerSec,
+    mode: direction === "outbound" ? (p.mode ?? policy.upload) : "shape",
+    source,
+  };
+}
+
+function fromLibvirt(
+  r: LibvirtRate,
+  direction: Direction,
+  policy: Policy,
+  source: LimitSource,
+  where: string,
+  warnings: string[],
+): DirectionLimit | undefined {
+  if (!r.average) {
+    if (r.peak || r.burst) warnings.push(`${where}: peak/burst without average are ignored (libvirt requires average)`);
+    return undefined;
+  }
+  const rate = libvirtRateToBitsPerSec(r.average);
+  let ceil = r.peak ? libvirtRateToBitsPerSec(r.peak) : rate;
+  if (ceil < rate) {
+    warnings.push(`${where}: peak ${r.peak} is below average ${r.average} (kB/s); using average as the peak`);
+    ceil = rate;
+  }
+  return {
+    rateBitsPerSec: rate,
+    ceilBitsPerSec: ceil,
+    burstBytes: r.burst ? libvirtBurstToBytes(r.burst) : undefined,
+    floorBitsPerSec: r.floor ? libvirtRateToBitsPerSec(r.floor) : undefined,
+    mode: direction === "outbound" ? policy.upload : "shape",
+    source,
+  };
+}

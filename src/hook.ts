@@ -1,0 +1,65 @@
+import { processRunner } from "./adapters/exec.js";
+import { createLogger, logTargetFromEnv } from "./adapters/log.js";
+import { loadPolicy, policyAsksStrict, policyPath } from "./adapters/policy-file.js";
+import { defaultRunDir } from "./adapters/state.js";
+import { reconcile } from "./app/engine.js";
+import { parseDomainXml } from "./core/domain-xml.js";
+
+// The libvirt qemu hook: `virtqos hook qemu <domain> <operation> <sub-operation> <extra>`, domain XML on stdin.
+// It never calls libvirt (libvirt waits for the hook: a call back can deadlock), and unless the policy asks
+// for strict mode it never fails a guest start and never writes to stdout.
+
+export interface HookResult {
+  exitCode: number;
+  stdout: string;
+}
+
+type Action = "apply" | "remove" | "passthrough" | "none";
+
+export function hookAction(operation: string, subOperation: string): Action {
+  if ((operation === "start" || operation === "started") && subOperation === "begin") return "apply";
+  if ((operation === "stopped" || operation === "release") && subOperation === "end") return "remove";
+  if (operation === "migrate" || operation === "restore") return "passthrough";
+  return "none";
+}
+
+export async function runHook(args: string[], stdin: string, opts: { netns?: string } = {}): Promise<HookResult> {
+  const [domainName = "", operation = "", subOperation = "", extra = "-"] = args;
+  const file = policyPath();
+  const log = createLogger({ level: "info", target: logTargetFromEnv() });
+  let strict = false;
+  try {
+    const action = hookAction(operation, subOperation);
+    let policy: ReturnType<typeof loadPolicy>;
+    try {
+      policy = loadPolicy(file);
+    } catch (e) {
+      strict = policyAsksStrict(file);
+      throw e;
+    }
+    strict = policy.strict;
+    log.setLevel(policy.logLevel);
+    log.debug(`hook called: domain=${domainName} operation=${operation} sub-operation=${subOperation} extra=${extra}`);
+    if (action === "passthrough") return { exitCode: 0, stdout: stdin };
+    if (action === "none") return { exitCode: 0, stdout: "" };
+    const domain = parseDomainXml(stdin);
+    const runDir = defaultRunDir();
+    const result = await reconcile(
+      { runner: processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS }), runDir, log },
+      { domains: action === "apply" ? [domain] : [], policy, scope: [domain.uuid], sweep: true },
+    );
+    const failed = result.failure !== undefined || result.plan.problems.length > 0;
+    if (failed && strict) return { exitCode: 1, stdout: "" };
+    return { exitCode: 0, stdout: "" };
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    log.error(`hook ${operation} ${subOperation} for guest=${domainName} failed: ${err.message.replace(/\n/g, "; ")}`);
+    if (strict) {
+      process.stderr.write(`virtqos: ${err.message}\n`);
+      return { exitCode: 1, stdout: "" };
+    }
+    return { exitCode: 0, stdout: "" };
+  } finally {
+    await log.close();
+  }
+}
