@@ -30,7 +30,7 @@ LOG_DIR="/var/log/libvirt"
 # journald; send warnings to a file so hook/network failures can be diagnosed.
 LIBVIRTD_LOG="${LOG_DIR}/libvirtd.log"
 PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86 openvswitch-switch
-          iproute2 iperf3 iptables dnsmasq-base)
+          iproute2 iperf3 iptables dnsmasq-base procps)
 # Daemons must not inherit the caller's environment (CI variables, NODE_OPTIONS,
 # a test's cwd-relative PATH): hooks run with the daemon's PATH and LANG.
 DAEMON_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -54,7 +54,7 @@ while (($#)); do
     --timeout)
       [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds"
       timeout_s="$2"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
   shift
@@ -65,7 +65,8 @@ done
 # systemd is only used when it really is PID 1; a unit file on disk means nothing
 # inside a container whose PID 1 is something else.
 has_systemd=0
-if [[ -d /run/systemd/system ]] && [[ "$(ps -p 1 -o comm= 2>/dev/null || true)" == systemd ]]; then
+pid1="$(cat /proc/1/comm 2>/dev/null || echo '?')"
+if [[ -d /run/systemd/system && "$pid1" == systemd ]]; then
   has_systemd=1
 fi
 
@@ -239,7 +240,7 @@ start_ovs() {
 }
 
 # -------------------------------------------------------------------- main --
-log "init: $( ((has_systemd)) && echo systemd || echo "no systemd (PID 1 is $(ps -p 1 -o comm= 2>/dev/null || echo '?'))")"
+if ((has_systemd)); then log "init: systemd"; else log "init: no systemd (PID 1 is ${pid1})"; fi
 install_packages
 ensure_hook_dir
 start_virtlogd

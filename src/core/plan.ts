@@ -102,7 +102,8 @@ export function isDefaultRoot(q: ObservedQdisc | undefined): boolean {
 
 export const isOurRoot = (q: ObservedQdisc | undefined): boolean => q?.kind === "htb" && q.handle === ROOT_HANDLE;
 const isOurPrio = (prio: number) => prio >= PRIO_MIN && prio <= PRIO_MAX;
-const LEAF_HANDLES: Record<Leaf["kind"], string> = { bfifo: "7652:", sfq: "7653:", fq_codel: "7654:" };
+// One handle per leaf kind: `qdisc replace` cannot change a qdisc's kind in place, but grafts a new handle.
+export const LEAF_HANDLES: Record<Leaf["kind"], string> = { bfifo: "7652:", sfq: "7653:", fq_codel: "7654:", tbf: "7655:" };
 
 /** Which kernel hook carries each direction. On a macvtap host RX is the guest's download: they swap. */
 export function hookFor(direction: Direction, swapped: boolean): "root" | "ingress" {
@@ -395,6 +396,14 @@ export function sameLeaf(q: ObservedQdisc, leaf: Leaf, handle: string): boolean 
   if (q.kind !== leaf.kind || q.handle !== handle) return false;
   if (leaf.kind === "bfifo") return Number(q.options.limit) === leaf.limitBytes;
   if (leaf.kind === "sfq") return Number(q.options.limit) === leaf.limitPackets;
+  if (leaf.kind === "tbf") {
+    // tc shows TBF's queue limit only as "lat" (µs the queue may hold at `rate`, net of the burst).
+    const latUs = ((leaf.limitBytes - leaf.burstBytes) / leaf.rateBytesPerSec) * 1e6;
+    return (
+      Math.abs(Number(q.options.lat) - latUs) <= Math.max(2, latUs * 0.02) &&
+      printTcRate(Number(q.options.rate) * 8) === printTcRate(leaf.rateBytesPerSec * 8)
+    );
+  }
   return true;
 }
 
@@ -483,6 +492,14 @@ export function treeFromObserved(obs: ObservedDevice | undefined): Tree | undefi
     if (leafQ?.kind === "bfifo") leaf = { kind: "bfifo", limitBytes: Number(leafQ.options.limit) };
     else if (leafQ?.kind === "sfq") leaf = { kind: "sfq", limitPackets: Number(leafQ.options.limit) };
     else if (leafQ?.kind === "fq_codel") leaf = { kind: "fq_codel" };
+    else if (leafQ?.kind === "tbf") {
+      leaf = {
+        kind: "tbf",
+        rateBytesPerSec: Number(leafQ.options.rate),
+        burstBytes: Number(leafQ.options.burst ?? 3028),
+        limitBytes: Math.round((Number(leafQ.options.lat) / 1e6) * Number(leafQ.options.rate) + Number(leafQ.options.burst ?? 3028)),
+      };
+    }
     classes.push({
       classid: c.classid,
       parent: c.parent,

@@ -25,7 +25,9 @@ export interface HtbClass {
 export type Leaf =
   | { kind: "fq_codel" }
   | { kind: "sfq"; limitPackets: number }
-  | { kind: "bfifo"; limitBytes: number };
+  | { kind: "bfifo"; limitBytes: number }
+  /** A byte FIFO that splits GSO packets: TBF at a rate above the class's ceiling, so HTB alone sets the pace. */
+  | { kind: "tbf"; rateBytesPerSec: number; burstBytes: number; limitBytes: number };
 
 /** One Ethernet frame as tc accounts it (no FCS, no preamble). */
 export const FRAME_BYTES = 1514;
@@ -89,14 +91,20 @@ export interface LeafDecision {
 
 /** fq_codel where the kernel has it, else sfq, else a FIFO bounded by queueing delay, not by packet count. */
 export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: LeafChoice): LeafDecision {
-  const fifo = (why: string): LeafDecision => ({
-    leaf: {
-      kind: "bfifo",
-      // Below ~10 frames TCP cannot keep the link busy after a loss; above the target the queue is bloat.
-      limitBytes: Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS)),
-    },
-    why,
-  });
+  // A byte FIFO holding ~20 ms of data. Below ~50 Mbit/s that is less than two GSO packets (64 KiB each):
+  // a plain bfifo then drops whole GSO packets and TCP falls to ~90% of the limit, while counting packets
+  // (pfifo) lets 64 KiB packets queue for 280 ms. TBF splits GSO packets into frames before queueing them,
+  // which keeps both the latency bound and TCP at the limit; above the threshold a bfifo is cheaper.
+  const fifo = (why: string): LeafDecision => {
+    const limitBytes = Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS));
+    if (limitBytes >= 2 * GSO_MAX_BYTES || !caps.qdiscs.includes("tbf")) {
+      return { leaf: { kind: "bfifo", limitBytes }, why: `${why}: bfifo of ~20 ms` };
+    }
+    return {
+      leaf: { kind: "tbf", rateBytesPerSec: 2 * ceilBytesPerSec, burstBytes: 2 * FRAME_BYTES, limitBytes },
+      why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (rate below 52 Mbit/s)`,
+    };
+  };
   const sfq = (why: string): LeafDecision => ({
     leaf: {
       kind: "sfq",
@@ -118,5 +126,5 @@ export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: 
   }
   if (hasFq) return { leaf: { kind: "fq_codel" }, why: "fq_codel available: flow isolation and AQM" };
   if (hasSfq) return sfq("no fq_codel; sfq available: flow fairness, queue bounded to ~20 ms");
-  return fifo("neither fq_codel nor sfq in this kernel: byte FIFO bounded to ~20 ms of queue");
+  return fifo("neither fq_codel nor sfq in this kernel");
 }

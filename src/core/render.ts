@@ -80,5 +80,7 @@ export function renderLeaf(leaf: Leaf): string {
       return `sfq limit ${leaf.limitPackets} perturb 10`;
     case "bfifo":
       return `bfifo limit ${leaf.limitBytes}`;
+    case "tbf":
+      return `tbf rate ${leaf.rateBytesPerSec * 8}bit burst ${leaf.burstBytes} limit ${leaf.limitBytes}`;
   }
 }

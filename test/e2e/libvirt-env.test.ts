@@ -56,7 +56,7 @@ const PROBE_SCRIPT = [
   "",
 ].join("\n");
 
-// Starts the daemons if needed (never installs packages from a test run).
+// Starts the daemons if needed; installs packages only with VIRTQOS_E2E_INSTALL=1.
 const env = await ensureLibvirt({ ovs: true });
 
 test("libvirt e2e environment", { skip: env.ok ? false : env.reason, timeout: 300_000 }, async (t) => {

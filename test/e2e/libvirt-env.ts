@@ -158,7 +158,10 @@ export async function ovsAvailable(): Promise<Availability> {
 export interface EnsureOptions {
   /** Also start Open vSwitch. Its failure only shows in the `ovs` field. */
   ovs?: boolean;
-  /** Let the setup script apt-get missing packages (default: only start daemons). */
+  /**
+   * Let the setup script apt-get missing packages. Default: only when
+   * VIRTQOS_E2E_INSTALL=1, otherwise it only starts daemons.
+   */
   install?: boolean;
 }
 
@@ -175,7 +178,8 @@ export async function ensureLibvirt(
     const a = await libvirtAvailable();
     return { ...a, ovs: noOvs, setupLog: "" };
   }
-  const base = opts.install ? [] : ["--no-install"];
+  const install = opts.install ?? process.env.VIRTQOS_E2E_INSTALL === "1";
+  const base = install ? [] : ["--no-install"];
   const setup = await run("bash", [SETUP_SCRIPT, ...base], { timeoutMs: 600_000 });
   let setupLog = setup.stdout + setup.stderr;
   if (setup.code !== 0) {
@@ -205,7 +209,7 @@ export async function restartLibvirtd(): Promise<number> {
 
 /**
  * SIGHUP libvirtd: enough for it to notice hooks installed after it started,
- * without dropping client connections. Returns the wall time in ms.
+ * without restarting the daemon. Returns the wall time in ms.
  */
 export async function reloadLibvirtd(): Promise<number> {
   const t0 = performance.now();
