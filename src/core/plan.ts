@@ -68,7 +68,14 @@ export type Op = Tagged &
     | { op: "leaf-replace"; dev: string; parent: string; handle: string; leaf: Leaf }
     | { op: "hook-add"; dev: string; kind: "clsact" | "ingress" }
     | { op: "hook-del"; dev: string; kind: "clsact" | "ingress" }
-    | { op: "filter-replace"; dev: string; hook: Hook; prio: number; classifier: "u32" | "matchall"; filter: HookFilter }
+    | {
+        op: "filter-add" | "filter-replace";
+        dev: string;
+        hook: Hook;
+        prio: number;
+        classifier: "u32" | "matchall";
+        filter: HookFilter;
+      }
     | { op: "filter-del"; dev: string; hook: Hook; prio: number }
   );
 
@@ -454,8 +461,16 @@ function diffHooks(
   const classifier = caps.classifiers.includes("matchall") ? "matchall" : "u32";
   for (const w of want) {
     const o = ours.find((f) => f.hook === w.hook && f.prio === w.prio);
-    if (!o || !sameHookFilter(o, w.filter, classifier)) {
-      result.ops.push({ op: "filter-replace", dev, hook: w.hook, prio: w.prio, classifier, filter: w.filter, ...w.tag });
+    if (o && sameHookFilter(o, w.filter, classifier)) continue;
+    const spec = { dev, hook: w.hook, prio: w.prio, classifier, filter: w.filter, ...w.tag } as const;
+    if (!o) {
+      result.ops.push({ op: "filter-add", ...spec });
+    } else if (classifier === "matchall" && o.kind === "matchall") {
+      result.ops.push({ op: "filter-replace", ...spec });
+    } else {
+      // u32 node handles (800::800) live in hash tables shared by every u32 filter on the hook, whatever
+      // their priority: replacing "by handle" could rewrite someone else's filter. Delete ours by priority.
+      result.ops.push({ op: "filter-del", dev, hook: w.hook, prio: w.prio, ...w.tag }, { op: "filter-add", ...spec });
     }
   }
   const seen = new Set<string>();

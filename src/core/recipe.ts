@@ -34,11 +34,11 @@ export const FRAME_BYTES = 1514;
 /** Largest GSO super-packet a guest or the host stack hands to a qdisc (64 KiB payload plus headers). */
 export const GSO_MAX_BYTES = 65536 + FRAME_BYTES;
 /**
- * Dequeue jitter to absorb: HTB refills tokens when it is woken, and a busy 2-core host wakes it late by a few
- * milliseconds. A burst shorter than that throws the credit away and TCP stalls below the limit
+ * Dequeue jitter to absorb: HTB refills tokens when it is woken, and a busy 2-core host wakes it late by up to
+ * ten milliseconds. A burst shorter than that throws the credit away and TCP stalls below the limit
  * (field note 1: "50-70% of the limit").
  */
-const JITTER_SECONDS = 0.005;
+const JITTER_SECONDS = 0.01;
 /**
  * Never allow more than this share of a second's worth of data as burst, so the first second of a transfer
  * stays within 10% of the limit (field note 2: "1.5-2 Gbit/s in the first second").

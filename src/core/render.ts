@@ -55,9 +55,11 @@ export function renderTc(op: Op): string {
       return op.kind === "clsact" ? `qdisc add dev ${op.dev} clsact` : `qdisc add dev ${op.dev} handle ffff: ingress`;
     case "hook-del":
       return `qdisc del dev ${op.dev} ${op.kind}`;
+    case "filter-add":
     case "filter-replace": {
-      const head = `filter replace dev ${op.dev} ${op.hook} protocol all prio ${op.prio}`;
-      const match = op.classifier === "matchall" ? "handle 1 matchall" : "handle 800::800 u32 match u32 0 0";
+      const verb = op.op === "filter-add" ? "add" : "replace";
+      const head = `filter ${verb} dev ${op.dev} ${op.hook} protocol all prio ${op.prio}`;
+      const match = op.classifier === "matchall" ? "handle 1 matchall" : "u32 match u32 0 0";
       const f = op.filter;
       const action =
         f.action === "redirect"
