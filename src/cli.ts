@@ -7,12 +7,11 @@ import { loadPolicy, policyPath } from "./adapters/policy-file.js";
 import { cachedCapabilities, probeCapabilities } from "./adapters/probe.js";
 import { defaultRunDir, loadRecords } from "./adapters/state.js";
 import { describeLimit, type ReconcileResult, reconcile } from "./app/engine.js";
-import { collectStatus } from "./app/status.js";
+import { collectStatus, statusTable } from "./app/status.js";
 import { DomainXmlError, parseDomainXml } from "./core/domain-xml.js";
 import type { DomainInfo } from "./core/model.js";
 import { PolicyError } from "./core/policy.js";
 import { chooseLeaf } from "./core/recipe.js";
-import { formatRate } from "./core/units.js";
 import { ERRORS, EXIT, VirtqosError } from "./errors.js";
 import { runHook } from "./hook.js";
 
@@ -156,20 +155,7 @@ export function buildProgram(): Command {
       }
       const caps = await cachedCapabilities(ctx.runner, ctx.runDir);
       const rows = await collectStatus(ctx.runner, ctx.runDir, caps, policy);
-      const header = ["GUEST", "MAC", "DEV", "DIRECTION", "CONFIGURED", "KERNEL", "BYTES", "DROPS", "OVERLIMITS", "MATCH"];
-      const table = rows.map((r) => [
-        r.guest,
-        r.mac,
-        r.enforcedOn && r.enforcedOn !== r.dev ? `${r.dev}->${r.enforcedOn}` : (r.dev ?? "-"),
-        r.direction,
-        `${formatRate(r.configured.rateBitsPerSec)}${r.configured.mode === "police" ? " (police)" : ""}`,
-        r.kernel?.rateBitsPerSec ? formatRate(r.kernel.rateBitsPerSec) : "-",
-        String(r.bytes),
-        String(r.drops),
-        String(r.overlimits),
-        r.matches ? "yes" : `NO${r.note ? ` (${r.note})` : ""}`,
-      ]);
-      out(g, { interfaces: rows }, rows.length ? formatTable([header, ...table]) : "nothing is shaped by virtqos");
+      out(g, { interfaces: rows }, statusTable(rows));
       await log.close();
       process.exitCode = rows.every((r) => r.matches) ? EXIT.OK : EXIT.MISMATCH;
     });
@@ -286,11 +272,6 @@ export function buildProgram(): Command {
     });
 
   return program;
-}
-
-function formatTable(rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
 }
 
 async function readStdin(): Promise<string> {

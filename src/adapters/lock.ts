@@ -3,14 +3,35 @@ import { join } from "node:path";
 
 // libvirt starts guests in parallel, and each start runs the hook: they must not observe and apply at once.
 // Node has no flock(2), so: an O_EXCL lock file holding the owner's pid, stolen only from a dead owner.
+// Callers inside one process (the lab, tests) queue on a promise first: the file lock is not reentrant.
 
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+let inProcess: Promise<void> = Promise.resolve();
 
 export class LockTimeoutError extends Error {
   readonly code = "LOCK_TIMEOUT";
 }
 
-export function acquireLock(runDir: string, timeoutMs = 30_000): () => void {
+export async function acquireLock(runDir: string, timeoutMs = 30_000): Promise<() => void> {
+  let releaseQueue: () => void = () => {};
+  const previous = inProcess;
+  inProcess = new Promise((r) => {
+    releaseQueue = r;
+  });
+  await previous;
+  try {
+    const releaseFile = await acquireFileLock(runDir, timeoutMs);
+    return () => {
+      releaseFile();
+      releaseQueue();
+    };
+  } catch (e) {
+    releaseQueue();
+    throw e;
+  }
+}
+
+async function acquireFileLock(runDir: string, timeoutMs: number): Promise<() => void> {
   mkdirSync(runDir, { recursive: true });
   const file = join(runDir, "lock");
   const deadline = Date.now() + timeoutMs;
@@ -45,7 +66,7 @@ export function acquireLock(runDir: string, timeoutMs = 30_000): () => void {
     if (Date.now() > deadline) {
       throw new LockTimeoutError(`another virtqos (pid ${owner ?? "?"}) holds ${file} for more than ${timeoutMs} ms`);
     }
-    Atomics.wait(sleeper, 0, 0, wait);
+    await sleep(wait);
     wait = Math.min(wait * 2, 50);
   }
 }

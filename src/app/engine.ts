@@ -52,7 +52,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
     warnings.push(...r.warnings);
   }
   for (const w of warnings) ctx.log.warning(w);
-  const release = req.dryRun ? () => {} : acquireLock(ctx.runDir, ctx.lockTimeoutMs);
+  const release = req.dryRun ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
   try {
     const records = loadRecords(ctx.runDir);
     const devs = desired.flatMap((d) => (d.dev ? [d.dev] : []));

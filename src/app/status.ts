@@ -6,6 +6,8 @@ import { IFACE_CLASSID, PRIO_REDIRECT } from "../core/names.js";
 import { hookFor, plan } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
+import { formatRate } from "../core/units.js";
+import { formatTable } from "./table.js";
 
 // `virtqos status`: what virtqos applied, what the kernel has now, counters, and whether they still match.
 // The match is a CHECK in the Kubernetes plugin's sense: re-plan from the records and see if anything is left.
@@ -110,4 +112,22 @@ export async function collectStatus(
     }
   }
   return rows;
+}
+
+export function statusTable(rows: StatusRow[]): string {
+  if (!rows.length) return "nothing is shaped by virtqos";
+  const header = ["GUEST", "MAC", "DEV", "DIRECTION", "CONFIGURED", "KERNEL", "BYTES", "DROPS", "OVERLIMITS", "MATCH"];
+  const table = rows.map((r) => [
+    r.guest,
+    r.mac,
+    r.enforcedOn && r.enforcedOn !== r.dev ? `${r.dev}->${r.enforcedOn}` : (r.dev ?? "-"),
+    r.direction,
+    `${formatRate(r.configured.rateBitsPerSec)}${r.configured.mode === "police" ? " (police)" : ""}`,
+    r.kernel?.rateBitsPerSec ? formatRate(r.kernel.rateBitsPerSec) : "-",
+    String(r.bytes),
+    String(r.drops),
+    String(r.overlimits),
+    r.matches ? "yes" : `NO${r.note ? ` (${r.note})` : ""}`,
+  ]);
+  return formatTable([header, ...table]);
 }

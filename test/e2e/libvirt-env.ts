@@ -450,6 +450,16 @@ export async function domainXml(name: string, opts: { inactive?: boolean } = {})
  * name that exists with another UUID fails.
  */
 export async function defineAndStart(xml: string): Promise<string> {
+  const name = await defineDomain(xml);
+  await startDomain(name);
+  return name;
+}
+
+/**
+ * Define a domain without starting it (e.g. to start several at once later),
+ * recording it for teardown; replaces a same-named leftover like `defineAndStart`.
+ */
+export async function defineDomain(xml: string): Promise<string> {
   const name = domainNameOf(xml);
   if ((await virsh(["domuuid", name])).code === 0) {
     await destroy(name);
@@ -459,7 +469,6 @@ export async function defineAndStart(xml: string): Promise<string> {
   await virshOk(["define", file]);
   created.domains.add(name);
   created.domainUuids.add((await virshOk(["domuuid", name])).trim());
-  await startDomain(name);
   return name;
 }
 

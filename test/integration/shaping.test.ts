@@ -64,8 +64,12 @@ describe("shaping accuracy in namespaces", { skip: SKIP_NOT_ROOT }, () => {
         ]);
         assert.equal(r.failure, undefined);
         assert.deepEqual(r.plan.problems, []);
-        const [down, up] = await runTransfers(lab, [
+        // One direction at a time: with both at once, each flow's ACKs queue behind the other's data in a
+        // FIFO leaf (this kernel has no fq_codel), which is a property of TCP, not of the shaper.
+        const [down] = await runTransfers(lab, [
           { guest: g, direction: "download", protocol, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: mbit * 1.5e6 },
+        ]);
+        const [up] = await runTransfers(lab, [
           { guest: g, direction: "upload", protocol, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: mbit * 1.5e6 },
         ]);
         within(down.l2BitsPerSec, mbit * 1e6, "download (inbound)");
@@ -82,8 +86,10 @@ describe("shaping accuracy in namespaces", { skip: SKIP_NOT_ROOT }, () => {
       domainXml("v6", uuid, [{ guest: g, bridge: lab.bridge, inbound: { average: 1250 }, outbound: { average: 1250 } }]),
     ]);
     for (const protocol of ["tcp", "udp"] as const) {
-      const [down, up] = await runTransfers(lab, [
+      const [down] = await runTransfers(lab, [
         { guest: g, direction: "download", protocol, family: 6, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: 15e6 },
+      ]);
+      const [up] = await runTransfers(lab, [
         { guest: g, direction: "upload", protocol, family: 6, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: 15e6 },
       ]);
       within(down.l2BitsPerSec, 10e6, `IPv6 ${protocol} download`);
