@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import { processRunner } from "./adapters/exec.js";
@@ -16,6 +16,8 @@ import { ERRORS, EXIT, VirtqosError } from "./errors.js";
 import { runHook } from "./hook.js";
 
 // The CLI. Every command that reports takes --json; exit codes are the catalogue's (docs/errors.md).
+
+const VERSION = "0.1.0";
 
 interface Globals {
   config?: string;
@@ -101,6 +103,7 @@ export function buildProgram(): Command {
     .option("--config <file>", "policy file (default $VIRTQOS_CONFIG or /etc/virtqos/policy.yaml)")
     .option("--run-dir <dir>", "state and lock directory (default $VIRTQOS_RUN_DIR or /run/virtqos)")
     .addOption(new Option("--netns <name>", "act inside this network namespace (tests, lab)").hideHelp())
+    .version(VERSION, "-V, --version")
     .showHelpAfterError()
     .exitOverride();
 
@@ -237,11 +240,17 @@ export function buildProgram(): Command {
     .command("install-hook")
     .description("install the libvirt qemu hook as /etc/libvirt/hooks/qemu.d/virtqos")
     .option("--hooks-dir <dir>", "libvirt hooks directory", "/etc/libvirt/hooks")
+    .option("--reload", "send SIGHUP to the running libvirtd so it rescans its hooks (running guests are unaffected)")
     .option("--json", "machine-readable output")
-    .action((opts: { hooksDir: string; json?: boolean }) => {
+    .action((opts: { hooksDir: string; reload?: boolean; json?: boolean }) => {
       const g: Globals = { ...program.opts(), json: opts.json };
       const r = installHook(opts.hooksDir);
-      out(g, r, r.message);
+      let reloaded = false;
+      if (opts.reload) reloaded = reloadLibvirtd();
+      const message = opts.reload
+        ? `${r.message.split("\n")[0]}\n${reloaded ? "libvirtd reloaded (SIGHUP): the hook is active now" : "could not signal libvirtd (not running?): start it and the hook is active"}`
+        : r.message;
+      out(g, { ...r, reloaded, message }, message);
     });
 
   program
@@ -300,14 +309,28 @@ export function installHook(hooksDir: string): { path: string; restartNeeded: bo
   writeFileSync(tmp, body, { mode: 0o755 });
   chmodSync(tmp, 0o755);
   renameSync(tmp, path);
-  const restartNeeded = !fileExisted;
+  // libvirtd decides whether a qemu hook exists when it starts and on SIGHUP, and then runs every executable
+  // in qemu.d. A new file is picked up at once only if another hook was already there at that moment.
+  const otherHooks = dirExisted && readdirSync(dir).some((f) => f !== "virtqos" && !f.endsWith(".tmp"));
+  const restartNeeded = !fileExisted && !otherHooks;
   const message = [
     `installed ${path} -> ${hookBundlePath()}`,
     restartNeeded
-      ? `libvirtd reads its hooks only when it starts${dirExisted ? "" : ` (and ${dir} is new)`}: restart it now (systemctl restart libvirtd, or virtqos's scripts/setup-libvirt.sh --restart-libvirtd). Running guests are not affected.`
-      : "the hook was already installed; libvirtd runs the new version on the next guest start, no restart needed",
+      ? "libvirtd looks for hooks only when it starts or reloads: run `systemctl reload libvirtd` (or `kill -HUP $(cat /run/libvirtd.pid)`, or `virtqos install-hook --reload`). Running guests are not affected; they are shaped from their next start."
+      : "libvirtd already runs hooks from this directory: the hook is active for the next guest start, no reload needed",
   ].join("\n");
   return { path, restartNeeded, message };
+}
+
+function reloadLibvirtd(): boolean {
+  try {
+    const pid = Number(readFileSync("/run/libvirtd.pid", "utf8").trim());
+    if (!Number.isInteger(pid) || pid <= 1) return false;
+    process.kill(pid, "SIGHUP");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export async function main(argv: string[]): Promise<number> {

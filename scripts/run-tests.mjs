@@ -1,0 +1,30 @@
+// Runs the test suites in order, each file list expanded here (`node --test` finds no .ts files by itself):
+// unit + golden (pure, parallel), then the namespace integration tests and the libvirt end-to-end tests
+// one file at a time (they measure rates and share libvirtd; parallel runs would skew both).
+import { spawnSync } from "node:child_process";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+
+const only = process.argv[2];
+const files = (dir) =>
+  readdirSync(dir)
+    .filter((f) => f.endsWith(".test.ts"))
+    .sort()
+    .map((f) => join(dir, f));
+
+const suites = [
+  { name: "unit", files: [...files("test/unit"), ...files("test/golden")], serial: false },
+  { name: "integration", files: [...files("test/integration"), "test/lab.test.ts"], serial: true },
+  { name: "e2e", files: files("test/e2e"), serial: true },
+].filter((s) => !only || s.name === only);
+
+let failed = false;
+for (const s of suites) {
+  if (!s.files.length) continue;
+  process.stdout.write(`\n=== ${s.name}: ${s.files.length} file(s)\n`);
+  const args = ["--import", "tsx", "--test", "--test-reporter=spec"];
+  if (s.serial) args.push("--test-concurrency=1");
+  const r = spawnSync(process.execPath, [...args, ...s.files], { stdio: "inherit" });
+  if (r.status !== 0) failed = true;
+}
+process.exit(failed ? 1 : 0);
