@@ -1,5 +1,8 @@
 // Shared plumbing for the benchmarks: result records, timing, statistics, namespaces we own and clean up.
 import { spawn } from "node:child_process";
+import { mkdtempSync, statfsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { run } from "../src/lab/exec.js";
 
 export interface BenchResult {
@@ -16,6 +19,8 @@ export interface BenchResult {
 
 export interface BenchOptions {
   quick: boolean;
+  /** scale: run every rendered line as its own process instead of a sample of the tc lines. */
+  fullScale: boolean;
   /** Progress lines go here (stderr), the table goes to stdout. */
   log: (msg: string) => void;
 }
@@ -221,4 +226,24 @@ export async function runAllCleanups(): Promise<void> {
     await fn().catch(() => {});
   }
   await cleanupNamespaces();
+}
+
+// ---- run directories ----
+
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * A private run directory on tmpfs, like /run/virtqos on a real host (systemd mounts /run as tmpfs). Falls back
+ * to the OS temp dir, which on some machines (this one included) is a disk filesystem where every record
+ * write is a flushed rename.
+ */
+export function tmpfsRunDir(prefix: string): { dir: string; tmpfs: boolean } {
+  for (const base of ["/run", "/dev/shm"]) {
+    try {
+      if (statfsSync(base).type === TMPFS_MAGIC) return { dir: mkdtempSync(join(base, prefix)), tmpfs: true };
+    } catch {
+      // not there
+    }
+  }
+  return { dir: mkdtempSync(join(tmpdir(), prefix)), tmpfs: false };
 }

@@ -1,5 +1,5 @@
 import type { DesiredInterface, DirectionLimit, DomainInfo } from "../core/model.js";
-import { type Observed, type Op, type Plan, plan, planRestore } from "../core/plan.js";
+import { type Observed, type Op, type Plan, type PlanProblem, plan, planRestore } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { htbClass } from "../core/recipe.js";
@@ -46,10 +46,12 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   const caps = ctx.caps ?? (await cachedCapabilities(ctx.runner, ctx.runDir));
   const warnings: string[] = [];
   const desired: DesiredInterface[] = [];
+  const resolveProblems: PlanProblem[] = [];
   for (const d of req.domains) {
     const r = resolveDomain(d, req.policy);
     desired.push(...r.interfaces);
     warnings.push(...r.warnings);
+    resolveProblems.push(...r.problems);
   }
   for (const w of warnings) ctx.log.warning(w);
   const release = req.dryRun ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
@@ -57,7 +59,13 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
     const records = loadRecords(ctx.runDir);
     const devs = desired.flatMap((d) => (d.dev ? [d.dev] : []));
     const before = await observe(ctx.runner, { devs, records, everything: req.scope === "all" });
-    const p = plan(desired, before, caps, { leaf: req.policy.leaf, scope: req.scope, sweep: req.sweep ?? true });
+    const p = plan(desired, before, caps, {
+      leaf: req.policy.leaf,
+      scope: req.scope,
+      sweep: req.sweep ?? true,
+      groups: req.policy.groups,
+    });
+    p.problems.unshift(...resolveProblems);
     const rendered = render(p.ops);
     for (const n of p.notes) (n.level === "warning" ? ctx.log.warning : ctx.log.info)(n.message);
     for (const pr of p.problems) ctx.log.error(`${pr.message}; fix: ${pr.fix}`);

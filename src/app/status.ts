@@ -2,7 +2,8 @@ import type { Runner } from "../adapters/exec.js";
 import { observe } from "../adapters/kernel.js";
 import { loadRecords } from "../adapters/state.js";
 import type { DesiredInterface, Direction, DomainRecord } from "../core/model.js";
-import { IFACE_CLASSID, PRIO_REDIRECT } from "../core/names.js";
+import { minorHex } from "../core/group-tree.js";
+import { groupIfbName, IFACE_CLASSID, PRIO_REDIRECT, ROOT_MAJOR } from "../core/names.js";
 import { hookFor, plan } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
@@ -18,10 +19,13 @@ export interface StatusRow {
   mac: string;
   dev?: string;
   direction: Direction;
-  /** Where the limit is enforced: the tap itself or the IFB carrying guest upload. */
+  /** Where the limit is enforced: the tap itself, the IFB carrying guest upload, or the group's IFB. */
   enforcedOn?: string;
-  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; source: string; mode: string };
-  kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number; police?: boolean };
+  /** Group path ("host/web") for group members. */
+  group?: string;
+  /** Group members: rate = their ceiling, floorBitsPerSec = their guarantee. */
+  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; floorBitsPerSec?: number; source: string; mode: string };
+  kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number; floorBitsPerSec?: number; police?: boolean };
   bytes: number;
   packets: number;
   drops: number;
@@ -62,6 +66,7 @@ export async function collectStatus(
     leaf: policy.leaf,
     scope: records.map((r) => r.domainUuid),
     sweep: false,
+    groups: policy.groups,
   });
   const drift = new Set<string>([
     ...p.ops.flatMap((o) => (o.iface ? [o.iface] : [])),
@@ -72,6 +77,36 @@ export async function collectStatus(
     for (const i of r.interfaces) {
       const key = `${r.domainUuid}/${i.mac}`;
       for (const direction of ["inbound", "outbound"] as const) {
+        const member = i.group?.[direction];
+        if (i.group && member?.minor !== undefined) {
+          const ifb = groupIfbName(i.group.tree, direction);
+          const cls = observed.devices.get(ifb)?.classes.find((c) => c.classid === `${ROOT_MAJOR}:${minorHex(member.minor!)}`);
+          const exists = !!(i.dev && observed.links.has(i.dev));
+          rows.push({
+            guest: r.domainName,
+            domainUuid: r.domainUuid,
+            mac: i.mac,
+            dev: i.dev,
+            direction,
+            enforcedOn: ifb,
+            group: i.group.path.join("/"),
+            configured: {
+              rateBitsPerSec: member.ceilBitsPerSec,
+              ceilBitsPerSec: member.ceilBitsPerSec,
+              floorBitsPerSec: member.floorBitsPerSec,
+              source: `group ${i.group.path.join("/")} (${i.group.via})`,
+              mode: "shape",
+            },
+            kernel: cls ? { rateBitsPerSec: cls.ceilBitsPerSec, ceilBitsPerSec: cls.ceilBitsPerSec, floorBitsPerSec: cls.rateBitsPerSec } : undefined,
+            bytes: cls?.stats?.bytes ?? 0,
+            packets: cls?.stats?.packets ?? 0,
+            drops: cls?.stats?.drops ?? 0,
+            overlimits: cls?.stats?.overlimits ?? 0,
+            matches: exists && !!cls && !drift.has(key),
+            note: exists ? undefined : `host device ${i.dev} is gone`,
+          });
+          continue;
+        }
         const limit = i[direction];
         if (!limit) continue;
         const onRoot = hookFor(direction, i.swapped) === "root";
@@ -117,13 +152,17 @@ export async function collectStatus(
 export function statusTable(rows: StatusRow[]): string {
   if (!rows.length) return "nothing is shaped by virtqos";
   const header = ["GUEST", "MAC", "DEV", "DIRECTION", "CONFIGURED", "KERNEL", "BYTES", "DROPS", "OVERLIMITS", "MATCH"];
+  const rate = (x: { rateBitsPerSec?: number; floorBitsPerSec?: number } | undefined) =>
+    x?.rateBitsPerSec
+      ? `${formatRate(x.rateBitsPerSec)}${x.floorBitsPerSec !== undefined ? ` (floor ${formatRate(x.floorBitsPerSec)})` : ""}`
+      : "-";
   const table = rows.map((r) => [
     r.guest,
     r.mac,
     r.enforcedOn && r.enforcedOn !== r.dev ? `${r.dev}->${r.enforcedOn}` : (r.dev ?? "-"),
     r.direction,
-    `${formatRate(r.configured.rateBitsPerSec)}${r.configured.mode === "police" ? " (police)" : ""}`,
-    r.kernel?.rateBitsPerSec ? formatRate(r.kernel.rateBitsPerSec) : "-",
+    `${rate(r.configured)}${r.configured.mode === "police" ? " (police)" : ""}${r.group ? ` group ${r.group}` : ""}`,
+    rate(r.kernel),
     String(r.bytes),
     String(r.drops),
     String(r.overlimits),

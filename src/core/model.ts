@@ -110,10 +110,25 @@ export interface DesiredInterface {
 }
 
 export interface GroupMembership {
-  /** Top-level group that owns the shared tree. */
+  /** Top-level group that owns the shared tree (one IFB per direction). */
   tree: string;
-  /** Path of group names from the top-level group down to the member's own group. */
+  /** Group names from the top-level group down to the member's own group (1 or 2 entries). */
   path: string[];
+  /** Why the interface is in the group: "member", "select.domains", "select.networks", "metadata", ... */
+  via: string;
+  inbound?: MemberLimit;
+  outbound?: MemberLimit;
+}
+
+/** A member's share of its group in one direction. */
+export interface MemberLimit {
+  /** Guaranteed rate when every member is busy (HTB rate). */
+  floorBitsPerSec: number;
+  /** Most the member may take by borrowing: its own ceiling, or the group's (HTB ceil). */
+  ceilBitsPerSec: number;
+  burstBytes?: number;
+  /** HTB class minor inside the group tree; stable for the member's lifetime. */
+  minor?: number;
 }
 
 export interface DomainRecord {

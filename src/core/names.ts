@@ -11,6 +11,11 @@ export const IFACE_LEAF_HANDLE = "7652:";
 export const PRIO_MIN = 64000;
 export const PRIO_MAX = 64099;
 export const PRIO_REDIRECT = 64000;
+/**
+ * Egress-hook redirects use their own priority: u32 filters on one clsact share a hash-table namespace,
+ * and a dump of either hook lists every u32 node of the same priority, whichever hook it hangs on.
+ */
+export const PRIO_REDIRECT_EGRESS = 64001;
 /** IFB devices virtqos creates start with this and carry an alias starting with ALIAS_PREFIX. */
 export const IFB_PREFIX = "vq";
 export const ALIAS_PREFIX = "virtqos/1";

@@ -1,11 +1,13 @@
-import type { DesiredInterface, Direction, DirectionLimit, DomainRecord } from "./model.js";
+import type { DesiredInterface, Direction, DirectionLimit, DomainRecord, GroupMembership } from "./model.js";
 import {
   formatIfbAlias,
+  groupIfbName,
   IFACE_CLASSID,
   interfaceIfbName,
   PRIO_MAX,
   PRIO_MIN,
   PRIO_REDIRECT,
+  PRIO_REDIRECT_EGRESS,
   parseIfbAlias,
   ROOT_HANDLE,
 } from "./names.js";
@@ -18,7 +20,8 @@ import {
   printTcRate,
   sameSize,
 } from "./normalise.js";
-import type { LeafChoice } from "./policy.js";
+import { admitMembers, buildGroupTree, GROUP_FILTER_PRIO, type TreeFilter, treeKey } from "./group-tree.js";
+import type { LeafChoice, PolicyGroup } from "./policy.js";
 import { type Capabilities, chooseLeaf, type HtbClass, htbClass, type Leaf } from "./recipe.js";
 
 // plan(desired, observed, capabilities) -> operations. Pure and synchronous: everything it needs was read by
@@ -36,12 +39,16 @@ export interface PlanOptions {
   scope: string[] | "all";
   /** Remove virtqos objects whose owner is gone (IFBs whose tap no longer exists). */
   sweep: boolean;
+  /** The policy's groups (trees shared by their members). */
+  groups?: PolicyGroup[];
 }
 
-/** A shaping tree virtqos owns on one device: root HTB 7651:, classes, each with a leaf qdisc. */
+/** A shaping tree virtqos owns on one device: root HTB 7651:, classes (leaf classes with a leaf qdisc), filters. */
 export interface Tree {
   defaultMinor: number;
-  classes: { classid: string; parent: string; htb: HtbClass; leaf: Leaf; leafHandle: string }[];
+  classes: { classid: string; parent: string; htb: HtbClass; leaf?: Leaf; leafHandle?: string }[];
+  /** Classification filters on the root (group trees); identity is the u32 handle. */
+  filters?: TreeFilter[];
 }
 
 export type HookFilter =
@@ -77,6 +84,8 @@ export type Op = Tagged &
         filter: HookFilter;
       }
     | { op: "filter-del"; dev: string; hook: Hook; prio: number }
+    | { op: "tree-filter-add"; dev: string; prio: number; spec: string }
+    | { op: "tree-filter-del"; dev: string; prio: number; handle: string }
   );
 
 export interface PlanProblem {
@@ -147,6 +156,10 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
   const records = new Map<string, DomainRecord>();
   const inScope = (uuid: string | undefined) =>
     options.scope === "all" || (uuid !== undefined && options.scope.includes(uuid));
+  const groups = options.groups ?? [];
+  const admission = admitMembers(desired, observed.records, observed.links, groups, (u) => inScope(u));
+  problems.push(...admission.problems);
+  for (const n of admission.notes) notes.push({ level: "warning", message: n });
 
   for (const d of desired) {
     const record = records.get(d.domainUuid) ?? {
@@ -161,7 +174,7 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
       record.interfaces.push({ mac: d.mac, type: d.type, swapped: d.swapped, notEnforceable: d.notEnforceable });
       continue;
     }
-    if (!d.inbound && !d.outbound) {
+    if (!d.inbound && !d.outbound && !d.group) {
       notes.push({ level: "warning", iface: d.key, message: `${label}: no bandwidth limits found` });
       continue;
     }
@@ -176,11 +189,29 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     const want: DeviceWant = wants.get(d.dev) ?? { filters: [], owner: d.key };
     wants.set(d.dev, want);
     let ifb: string | undefined;
+    const recordGroup: GroupMembership | undefined = d.group
+      ? { ...d.group, inbound: undefined, outbound: undefined }
+      : undefined;
     for (const direction of ["inbound", "outbound"] as const) {
-      const limit = d[direction];
-      if (!limit) continue;
       const tag: Tagged = { iface: d.key, direction };
-      if (hookFor(direction, d.swapped) === "root") {
+      const side = hookFor(direction, d.swapped);
+      const minor = admission.admitted.get(`${d.key}|${direction}`);
+      if (d.group && minor !== undefined && recordGroup) {
+        // A group member: this direction's traffic goes to the group's tree, from the hook that carries it.
+        recordGroup[direction] = { ...d.group[direction]!, minor };
+        const toDev = groupIfbName(d.group.tree, direction);
+        const hook = side === "root" ? "egress" : "ingress";
+        const prio = hook === "egress" ? PRIO_REDIRECT_EGRESS : PRIO_REDIRECT;
+        want.filters.push({ hook, prio, filter: { action: "redirect", toDev }, tag });
+        continue;
+      }
+      // Not admitted to its group (or in none): the interface's own limit, else the group ceiling as its own.
+      const m = d.group?.[direction];
+      const limit: DirectionLimit | undefined =
+        d[direction] ??
+        (m ? { rateBitsPerSec: m.ceilBitsPerSec, ceilBitsPerSec: m.ceilBitsPerSec, mode: "shape", source: "policy" } : undefined);
+      if (!limit) continue;
+      if (side === "root") {
         want.tree = treeFor(limit, caps, options.leaf);
         want.treeTag = tag;
       } else if (limit.mode === "police" && direction === "outbound") {
@@ -230,7 +261,35 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
       inbound: d.inbound,
       outbound: d.outbound,
       ifb,
-      group: d.group,
+      group: recordGroup?.inbound || recordGroup?.outbound ? recordGroup : undefined,
+    });
+  }
+
+  // Group trees: every tree that has members (recorded or new) or still exists in the kernel.
+  const treeKeys = new Set(admission.members.keys());
+  for (const link of observed.links.values()) {
+    const a = parseIfbAlias(link.alias);
+    if (a?.role === "group" && a.group && a.direction) treeKeys.add(treeKey(a.group, a.direction));
+  }
+  const keepIfbs = new Set<string>();
+  for (const tk of treeKeys) {
+    const [tree, direction] = tk.split("|") as [string, Direction];
+    const name = groupIfbName(tree, direction);
+    const members = admission.members.get(tk) ?? [];
+    const top = groups.find((g) => g.name === tree && g.parent === undefined);
+    if (admission.frozen.has(tk) || (!top && members.length)) {
+      keepIfbs.add(name);
+      notes.push({
+        level: "warning",
+        message: `group "${tree}" is no longer in the policy but guests still use it; run \`virtqos apply\` for them`,
+      });
+      continue;
+    }
+    if (!top || members.length === 0) continue;
+    ifbWants.set(name, {
+      alias: formatIfbAlias({ role: "group", group: tree, direction }),
+      tree: buildGroupTree(top, groups, members, direction, caps, options.leaf),
+      tag: {},
     });
   }
 
@@ -310,7 +369,12 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
   // IFBs that nobody wants any more: those of domains in scope, and (sweep) those whose tap is gone.
   for (const link of observed.links.values()) {
     const alias = parseIfbAlias(link.alias);
-    if (!alias || alias.role !== "iface" || ifbWants.has(link.name)) continue;
+    if (!alias || ifbWants.has(link.name) || keepIfbs.has(link.name)) continue;
+    if (alias.role === "group") {
+      // No member left anywhere: the group's tree goes with its last member.
+      post.push({ op: "ifb-del", dev: link.name });
+      continue;
+    }
     const orphan = options.sweep && (!alias.dev || !observed.links.has(alias.dev));
     if (inScope(alias.domainUuid) || orphan) {
       post.push({ op: "ifb-del", dev: link.name, iface: `${alias.domainUuid}/${alias.mac}` });
@@ -365,6 +429,7 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
     if (!oc || !sameClass(oc, c.htb) || oc.parent !== c.parent) {
       ops.push({ op: "class-replace", dev, parent: c.parent, classid: c.classid, htb: c.htb, ...tag });
     }
+    if (!c.leaf || !c.leafHandle) continue;
     const ol = ours ? obs.qdiscs.find((q) => q.parent === c.classid) : undefined;
     if (!ol || !sameLeaf(ol, c.leaf, c.leafHandle)) {
       ops.push({ op: "leaf-replace", dev, parent: c.classid, handle: c.leafHandle, leaf: c.leaf, ...tag });
@@ -376,7 +441,34 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
     const stale = obs.classes.filter((c) => !wanted.has(c.classid)).sort((a, b) => depth(b, obs) - depth(a, obs));
     for (const c of stale) ops.push({ op: "class-del", dev, classid: c.classid, ...tag });
   }
-  return { ops };
+  // Filters: stale ones go before classes change (HTB will not delete a class a filter points to),
+  // new ones after the classes they point to exist.
+  const have = new Map(
+    (ours ? obs.filters.filter((f) => f.hook === "class" && f.prio === GROUP_FILTER_PRIO) : []).map((f) => [f.handle, f]),
+  );
+  const before: Op[] = [];
+  const after: Op[] = [];
+  const wantFilters = want.filters ?? [];
+  for (const f of wantFilters) {
+    const o = have.get(f.handle);
+    const same = o && o.flowid === f.flowid && o.link === f.link && o.divisor === f.divisor;
+    if (same) continue;
+    if (o) before.push({ op: "tree-filter-del", dev, prio: GROUP_FILTER_PRIO, handle: f.handle, ...tag });
+    after.push({ op: "tree-filter-add", dev, prio: GROUP_FILTER_PRIO, spec: f.spec, ...tag });
+  }
+  const wantedHandles = new Set(wantFilters.map((f) => f.handle));
+  // Member filters before the hash table and link that hold them.
+  const staleFilters = [...have.values()]
+    .filter((f) => f.handle && !wantedHandles.has(f.handle))
+    .sort((a, b) => (b.handle ?? "").split(":").length - (a.handle ?? "").split(":").length);
+  const staleDels: Op[] = staleFilters.map((f) => ({
+    op: "tree-filter-del",
+    dev,
+    prio: GROUP_FILTER_PRIO,
+    handle: f.handle!,
+    ...tag,
+  }));
+  return { ops: [...staleDels, ...before, ...ops, ...after] };
 }
 
 function depth(c: ObservedClass, obs: ObservedDevice): number {

@@ -421,6 +421,23 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
       }
     }
   });
+  // An explicitly listed interface may belong to one group only (a member without mac means all interfaces).
+  const seenMembers: { group: string; domain: string; mac?: string }[] = [];
+  policy.groups.forEach((g, gi) => {
+    g.members.forEach((m, mi) => {
+      const clash = seenMembers.find(
+        (o) => o.group !== g.name && o.domain === m.domain && (o.mac === undefined || m.mac === undefined || o.mac === m.mac),
+      );
+      if (clash) {
+        problem(
+          ["groups", gi, "members", mi],
+          `${m.domain}${m.mac ? ` ${m.mac}` : ""} is also a member of group "${clash.group}"; an interface belongs to one group`,
+          `remove it from "${g.name}" or from "${clash.group}"`,
+        );
+      }
+      seenMembers.push({ group: g.name, domain: m.domain, mac: m.mac });
+    });
+  });
   // Admission: the floors promised inside a group must fit under its ceiling, per direction.
   for (const g of policy.groups) {
     const i = byName.get(g.name)!.i;
@@ -440,7 +457,7 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
       for (const child of policy.groups.filter((c) => c.parent === g.name)) {
         const cd = child[d];
         if (cd && !cd.unlimited && cd.rateBitsPerSec !== undefined) {
-          const guaranteed = cd.floorBitsPerSec ?? 0;
+          const guaranteed = cd.floorBitsPerSec ?? cd.rateBitsPerSec;
           if (guaranteed) {
             sum += guaranteed;
             parts.push(`group ${child.name} ${guaranteed / 1e6} Mbit/s`);

@@ -61,14 +61,21 @@ export function renderTc(op: Op): string {
       const head = `filter ${verb} dev ${op.dev} ${op.hook} protocol all prio ${op.prio}`;
       const match = op.classifier === "matchall" ? "handle 1 matchall" : "u32 match u32 0 0";
       const f = op.filter;
-      const action =
-        f.action === "redirect"
-          ? `action mirred egress redirect dev ${f.toDev}`
-          : `police rate ${f.rateBytesPerSec * 8}bit burst ${f.burstBytes}b mtu 64kb conform-exceed drop${op.classifier === "u32" ? " flowid :1" : ""}`;
+      let action: string;
+      if (f.action === "redirect") {
+        action = `action mirred egress redirect dev ${f.toDev}`;
+      } else {
+        const police = `police rate ${f.rateBytesPerSec * 8}bit burst ${f.burstBytes}b mtu 64kb conform-exceed drop`;
+        action = op.classifier === "u32" ? `${police} flowid :1` : `action ${police}`;
+      }
       return `${head} ${match} ${action}`;
     }
     case "filter-del":
       return `filter del dev ${op.dev} ${op.hook} protocol all prio ${op.prio}`;
+    case "tree-filter-add":
+      return `filter add dev ${op.dev} parent ${ROOT_HANDLE} prio ${op.prio} protocol all ${op.spec}`;
+    case "tree-filter-del":
+      return `filter del dev ${op.dev} parent ${ROOT_HANDLE} prio ${op.prio} handle ${op.handle} protocol all u32`;
     default:
       throw new Error(`render: ${op.op} is not a tc operation`);
   }

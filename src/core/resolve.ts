@@ -7,6 +7,7 @@ import type {
   LibvirtRate,
   LimitSource,
 } from "./model.js";
+import { assignGroup, type GroupProblem } from "./groups.js";
 import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy.js";
 import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
 
@@ -20,10 +21,12 @@ const HOST_NETDEV_TYPES = new Set(["bridge", "network", "ethernet", "direct"]);
 export interface ResolveResult {
   interfaces: DesiredInterface[];
   warnings: string[];
+  problems: GroupProblem[];
 }
 
 export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult {
   const warnings = [...domain.warnings];
+  const problems: GroupProblem[] = [];
   const domainRule = findDomainRule(domain, policy);
   const interfaces = domain.interfaces.map((iface): DesiredInterface => {
     const mac = iface.mac ?? `#${iface.index}`;
@@ -46,10 +49,12 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
     if (!HOST_NETDEV_TYPES.has(iface.type)) {
       base.notEnforceable = `interface type "${iface.type}" has no host network device for tc to shape`;
       base.dev = undefined;
+    } else {
+      problems.push(...assignGroup(base, domain, iface, policy, domainRule, ifaceRule));
     }
     return base;
   });
-  return { interfaces, warnings };
+  return { interfaces, warnings, problems };
 }
 
 function findDomainRule(domain: DomainInfo, policy: Policy): PolicyDomainRule | undefined {

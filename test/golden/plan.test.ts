@@ -3,7 +3,7 @@
 // UPDATE_GOLDEN=1 rewrites the expected files; review every diff by eye before accepting it.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
@@ -17,7 +17,7 @@ import {
   printTcRate,
   qdiscsFromJson,
 } from "../../src/core/normalise.js";
-import { type Op, type Observed, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
+import { type Observed, type Op, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
 import { emptyPolicy, type Policy, parsePolicy } from "../../src/core/policy.js";
 import type { Capabilities } from "../../src/core/recipe.js";
 import { type Rendered, render } from "../../src/core/render.js";
@@ -203,7 +203,12 @@ class FakeKernel {
               kind: "htb",
               handle: "7651:",
               parent: "root",
-              options: { r2q: 10, default: `0x${op.defaultMinor.toString(16)}`, direct_packets_stat: 0, direct_qlen: 1000 },
+              options: {
+                r2q: 10,
+                default: `0x${op.defaultMinor.toString(16)}`,
+                direct_packets_stat: 0,
+                direct_qlen: 1000,
+              },
             });
           }
           break;
@@ -213,15 +218,20 @@ class FakeKernel {
           if (!d.qdiscs.some((q) => q.parent === "root" && q.handle !== "0:")) {
             throw new Error(`root-del ${op.dev}: Cannot delete qdisc with handle of zero`);
           }
-          d.qdiscs = [{ kind: "noqueue", handle: "0:", parent: "root", options: {} }, ...d.qdiscs.filter((q) => q.parent === "ffff:fff1")];
+          d.qdiscs = [
+            { kind: "noqueue", handle: "0:", parent: "root", options: {} },
+            ...d.qdiscs.filter((q) => q.parent === "ffff:fff1"),
+          ];
           d.classes = [];
           break;
         }
         case "class-replace": {
           const d = this.dev(op.dev);
           const parentOk =
-            d.qdiscs.some((q) => q.kind === "htb" && q.handle === op.parent) || d.classes.some((c) => c.classid === op.parent);
-          if (!parentOk) throw new Error(`class-replace ${op.dev} ${op.classid}: parent ${op.parent} does not exist`);
+            d.qdiscs.some((q) => q.kind === "htb" && q.handle === op.parent) ||
+            d.classes.some((c) => c.classid === op.parent);
+          if (!parentOk)
+            throw new Error(`class-replace ${op.dev} ${op.classid}: parent ${op.parent} does not exist`);
           const k: KClass = {
             classid: op.classid,
             parent: op.parent,
@@ -236,14 +246,16 @@ class FakeKernel {
         }
         case "class-del": {
           const d = this.dev(op.dev);
-          if (d.classes.some((c) => c.parent === op.classid)) throw new Error(`class-del ${op.classid}: class has children`);
+          if (d.classes.some((c) => c.parent === op.classid))
+            throw new Error(`class-del ${op.classid}: class has children`);
           d.classes = d.classes.filter((c) => c.classid !== op.classid);
           d.qdiscs = d.qdiscs.filter((q) => q.parent !== op.classid);
           break;
         }
         case "leaf-replace": {
           const d = this.dev(op.dev);
-          if (!d.classes.some((c) => c.classid === op.parent)) throw new Error(`leaf-replace: class ${op.parent} missing`);
+          if (!d.classes.some((c) => c.classid === op.parent))
+            throw new Error(`leaf-replace: class ${op.parent} missing`);
           const l = op.leaf;
           const options: Record<string, unknown> =
             l.kind === "bfifo"
@@ -251,24 +263,38 @@ class FakeKernel {
               : l.kind === "sfq"
                 ? { limit: l.limitPackets, quantum: 1514, depth: 127, divisor: 1024, perturb: 10 }
                 : l.kind === "fq_codel"
-                  ? { limit: 10240, flows: 1024, quantum: 1514, target: 4999, interval: 99999, memory_limit: 33554432, ecn: true, drop_batch: 64 }
+                  ? {
+                      limit: 10240,
+                      flows: 1024,
+                      quantum: 1514,
+                      target: 4999,
+                      interval: 99999,
+                      memory_limit: 33554432,
+                      ecn: true,
+                      drop_batch: 64,
+                    }
                   : {
                       rate: l.rateBytesPerSec,
-                      burst: tcSizeRoundTrip(l.rateBytesPerSec, l.burstBytes),
-                      lat: Math.round(((l.limitBytes - l.burstBytes) / l.rateBytesPerSec) * 1e6),
+                      burst: tbfBurstRoundTrip(l.rateBytesPerSec, l.burstBytes),
+                      lat: tbfLatency(l.rateBytesPerSec, l.limitBytes, l.burstBytes),
                     };
-          d.qdiscs = [...d.qdiscs.filter((q) => q.parent !== op.parent), { kind: l.kind, handle: op.handle, parent: op.parent, options }];
+          d.qdiscs = [
+            ...d.qdiscs.filter((q) => q.parent !== op.parent),
+            { kind: l.kind, handle: op.handle, parent: op.parent, options },
+          ];
           break;
         }
         case "hook-add": {
           const d = this.dev(op.dev);
-          if (d.qdiscs.some((q) => q.parent === "ffff:fff1")) throw new Error(`hook-add ${op.dev}: Exclusivity flag on, cannot modify`);
+          if (d.qdiscs.some((q) => q.parent === "ffff:fff1"))
+            throw new Error(`hook-add ${op.dev}: Exclusivity flag on, cannot modify`);
           d.qdiscs.push({ kind: op.kind, handle: "ffff:", parent: "ffff:fff1", options: {} });
           break;
         }
         case "hook-del": {
           const d = this.dev(op.dev);
-          if (!d.qdiscs.some((q) => q.parent === "ffff:fff1" && q.kind === op.kind)) throw new Error(`hook-del ${op.dev}: no ${op.kind}`);
+          if (!d.qdiscs.some((q) => q.parent === "ffff:fff1" && q.kind === op.kind))
+            throw new Error(`hook-del ${op.dev}: no ${op.kind}`);
           d.qdiscs = d.qdiscs.filter((q) => q.parent !== "ffff:fff1");
           d.filters = [];
           break;
@@ -278,10 +304,13 @@ class FakeKernel {
           const d = this.dev(op.dev);
           const hookQ = d.qdiscs.find((q) => q.parent === "ffff:fff1");
           if (!hookQ) throw new Error(`filter ${op.dev}: Parent Qdisc doesn't exists`);
-          if (op.hook === "egress" && hookQ.kind !== "clsact") throw new Error(`filter ${op.dev} egress needs clsact`);
+          if (op.hook === "egress" && hookQ.kind !== "clsact")
+            throw new Error(`filter ${op.dev} egress needs clsact`);
           const same = d.filters.find((f) => f.hook === op.hook && f.prio === op.prio);
-          if (same && same.kind !== op.classifier) throw new Error(`filter ${op.dev}: prio ${op.prio} has another kind`);
-          if (same && op.op === "filter-add" && op.classifier === "matchall") throw new Error("matchall: File exists");
+          if (same && same.kind !== op.classifier)
+            throw new Error(`filter ${op.dev}: prio ${op.prio} has another kind`);
+          if (same && op.op === "filter-add" && op.classifier === "matchall")
+            throw new Error("matchall: File exists");
           if (op.filter.action === "redirect" && !this.devs.has(op.filter.toDev)) {
             throw new Error(`mirred: Cannot find device "${op.filter.toDev}"`);
           }
@@ -291,7 +320,10 @@ class FakeKernel {
             kind: op.classifier,
             protocol: "all",
             redirectDev: op.filter.action === "redirect" ? op.filter.toDev : undefined,
-            police: op.filter.action === "police" ? { rate: op.filter.rateBytesPerSec, burst: op.filter.burstBytes } : undefined,
+            police:
+              op.filter.action === "police"
+                ? { rate: op.filter.rateBytesPerSec, burst: op.filter.burstBytes }
+                : undefined,
           };
           d.filters = [...d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio)), k];
           break;
@@ -299,7 +331,9 @@ class FakeKernel {
         case "filter-del": {
           const d = this.dev(op.dev);
           if (!d.filters.some((f) => f.hook === op.hook && f.prio === op.prio)) {
-            throw new Error(`filter-del ${op.dev} ${op.hook} prio ${op.prio}: Filter with specified priority/protocol not found`);
+            throw new Error(
+              `filter-del ${op.dev} ${op.hook} prio ${op.prio}: Filter with specified priority/protocol not found`,
+            );
           }
           d.filters = d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio));
           break;
@@ -336,9 +370,17 @@ class FakeKernel {
     for (const d of this.devs.values()) {
       const classText = d.classes.map((c) => classLine(c, d)).join("\n");
       const filters = (["ingress", "egress"] as const).flatMap((hook) =>
-        filtersFromJson(JSON.parse(JSON.stringify(filterJson(d.filters.filter((f) => f.hook === hook)))), hook),
+        filtersFromJson(
+          JSON.parse(JSON.stringify(filterJson(d.filters.filter((f) => f.hook === hook)))),
+          hook,
+        ),
       );
-      devices.set(d.name, { dev: d.name, qdiscs: qdiscs.get(d.name) ?? [], classes: parseClasses(classText), filters });
+      devices.set(d.name, {
+        dev: d.name,
+        qdiscs: qdiscs.get(d.name) ?? [],
+        classes: parseClasses(classText),
+        filters,
+      });
     }
     return { links, devices, records };
   }
@@ -349,22 +391,42 @@ function tcSizeText(bytes: number): string {
   if (bytes >= 1024 * 1024 && Math.abs(1024 * 1024 * Math.round(bytes / (1024 * 1024)) - bytes) < 1024) {
     return `${Math.round(bytes / (1024 * 1024))}Mb`;
   }
-  if (bytes >= 1024 && Math.abs(1024 * Math.round(bytes / 1024) - bytes) < 16) return `${Math.round(bytes / 1024)}Kb`;
+  if (bytes >= 1024 && Math.abs(1024 * Math.round(bytes / 1024) - bytes) < 16)
+    return `${Math.round(bytes / 1024)}Kb`;
   return `${bytes}b`;
 }
 
-/** A burst goes to the kernel as a time in ticks (15.625 per µs) and comes back as bytes, truncated twice. */
-function tcSizeRoundTrip(bytesPerSec: number, bytes: number): number {
-  const TICKS_PER_US = 15.625;
-  const ticks = Math.floor(((1e6 * bytes) / bytesPerSec) * TICKS_PER_US);
-  return Math.floor((bytesPerSec * (ticks / TICKS_PER_US)) / 1e6);
+// tc's time units (/proc/net/psched on a 1 GHz hrtimer kernel: t2us 1000, us2t 64): 15.625 ticks per µs.
+const TICKS_PER_US = 15.625;
+/** iproute2's tc_core_tick2time: ticks to whole µs (truncated). */
+const tick2time = (ticks: number) => Math.floor(ticks / TICKS_PER_US);
+
+/**
+ * HTB and police take a burst as a time in ticks (tc_calc_xmittime truncates to whole µs, then to whole ticks)
+ * and tc prints it back through tc_calc_xmitsize: 62500 bytes at 30 Mbit/s come back as 62493.
+ */
+function ticksRoundTrip(bytesPerSec: number, bytes: number): number {
+  const ticks = Math.floor(Math.floor((1e6 * bytes) / bytesPerSec) * TICKS_PER_US);
+  return Math.floor((bytesPerSec * tick2time(ticks)) / 1e6);
+}
+
+/** TBF gets the burst in bytes (TCA_TBF_BURST); the kernel keeps ns and dumps ticks: 3028 at 60 Mbit/s -> 3022. */
+function tbfTicks(bytesPerSec: number, bytes: number): number {
+  return Math.floor(Math.floor((bytes * 1e9) / bytesPerSec) / 64);
+}
+function tbfBurstRoundTrip(bytesPerSec: number, bytes: number): number {
+  return Math.floor((bytesPerSec * tick2time(tbfTicks(bytesPerSec, bytes))) / 1e6);
+}
+/** q_tbf.c: latency = limit / rate - tick2time(buffer), in µs. */
+function tbfLatency(bytesPerSec: number, limitBytes: number, burstBytes: number): number {
+  return Math.floor((1e6 * limitBytes) / bytesPerSec - tick2time(tbfTicks(bytesPerSec, burstBytes)));
 }
 
 function classLine(c: KClass, d: KDev): string {
   const leaf = d.qdiscs.find((q) => q.parent === c.classid);
   const where = c.parent.endsWith(":") ? "root" : `parent ${c.parent}`;
-  const burst = tcSizeText(tcSizeRoundTrip(c.rate, c.burst));
-  const cburst = tcSizeText(tcSizeRoundTrip(c.ceil, c.cburst));
+  const burst = tcSizeText(ticksRoundTrip(c.rate, c.burst));
+  const cburst = tcSizeText(ticksRoundTrip(c.ceil, c.cburst));
   return (
     `class htb ${c.classid} ${where} ${leaf ? `leaf ${leaf.handle} ` : ""}prio 0 quantum ${c.quantum} ` +
     `rate ${printTcRate(c.rate * 8)} ceil ${printTcRate(c.ceil * 8)} linklayer ethernet ` +
@@ -401,7 +463,7 @@ function filterJson(filters: KFilter[]): unknown[] {
         control_action: { type: "drop" },
         overhead: 0,
         rate: printTcRate(f.police.rate * 8),
-        burst: tcSizeText(tcSizeRoundTrip(f.police.rate, f.police.burst)),
+        burst: tcSizeText(ticksRoundTrip(f.police.rate, f.police.burst)),
         mtu: "64Kb",
         ref: 1,
         bind: 1,
@@ -434,10 +496,27 @@ function freshKernel(ifaces: DesiredInterface[], except: string[] = []): FakeKer
   const k = new FakeKernel();
   let ifindex = 11;
   for (const i of ifaces) {
-    if (i.dev && !except.includes(i.dev) && !k.devs.has(i.dev)) k.addLink(i.dev, { ifindex: ifindex++, kind: "tun" });
+    if (i.dev && !except.includes(i.dev) && !k.devs.has(i.dev))
+      k.addLink(i.dev, { ifindex: ifindex++, kind: "tun" });
   }
   return k;
 }
+
+describe("fake kernel", () => {
+  // Read back from kernel 6.18 with iproute2 6.1 after applying type-bridge.txt in a scratch namespace.
+  test("rounds sizes the way tc and the kernel do", () => {
+    assert.equal(ticksRoundTrip(3_750_000, 62_500), 62_493); // the brief's `tc -d class show` sample
+    assert.equal(ticksRoundTrip(3_750_000, 67_050), 67_050); // "burst 67050b/1"
+    assert.equal(ticksRoundTrip(1_250_000, 62_500), 62_500); // "burst 62500b/1"
+    assert.equal(tbfBurstRoundTrip(7_500_000, 3028), 3022); // tc -j qdisc: "burst":3022
+    assert.equal(tbfLatency(7_500_000, 75_000, 3028), 9597); // "lat":9597
+    assert.equal(tbfBurstRoundTrip(2_500_000, 3028), 3027);
+    assert.equal(tbfLatency(2_500_000, 25_000, 3028), 8789);
+    assert.equal(tcSizeText(65_536), "64Kb");
+    assert.equal(tcSizeText(1024 * 1024 + 100), "1Mb");
+    assert.equal(tcSizeText(62_493), "62493b");
+  });
+});
 
 // ---------------------------------------------------------------------------------------------------------
 // Running and checking
@@ -451,7 +530,11 @@ function lines(r: Rendered): string[] {
 }
 
 /** Compare with test/golden/expected/<name>.txt (or write it, with UPDATE_GOLDEN=1). */
+const usedGoldens = new Set<string>();
+
 function assertGolden(name: string, r: Rendered): void {
+  assert.ok(!usedGoldens.has(name), `golden name ${name} used twice`);
+  usedGoldens.add(name);
   const got = lines(r);
   checkInvariants(name, got);
   const text = got.map((l) => `${l}\n`).join("");
@@ -463,7 +546,9 @@ function assertGolden(name: string, r: Rendered): void {
     return;
   }
   if (!existsSync(path)) {
-    assert.fail(`golden file ${path} is missing: run with UPDATE_GOLDEN=1 to create it, then review it.\nGot:\n${text}`);
+    assert.fail(
+      `golden file ${path} is missing: run with UPDATE_GOLDEN=1 to create it, then review it.\nGot:\n${text}`,
+    );
   }
   assert.equal(text, readFileSync(url, "utf8"), `output differs from ${path} (UPDATE_GOLDEN=1 rewrites it)`);
 }
@@ -472,10 +557,13 @@ function assertGolden(name: string, r: Rendered): void {
 function checkInvariants(name: string, got: string[]): void {
   for (const line of got) {
     const ctx = `${name}: ${line}`;
-    for (const m of line.matchAll(/\bdev (\S+)/g)) assert.ok(m[1].length <= 15, `${ctx}: device name over 15 characters`);
+    for (const m of line.matchAll(/\bdev (\S+)/g))
+      assert.ok(m[1].length <= 15, `${ctx}: device name over 15 characters`);
     for (const m of line.matchAll(/\b(vq[a-z][0-9a-f]*)\b/g)) assert.match(m[1], /^vqi[0-9a-f]{12}$/, ctx);
-    for (const m of line.matchAll(/\bc?burst (\d+)b\b/g)) assert.ok(Number(m[1]) >= 2 * 1514, `${ctx}: burst below two frames`);
-    for (const m of line.matchAll(/\b(?:rate|ceil) (\d+)bit\b/g)) assert.equal(Number(m[1]) % 8, 0, `${ctx}: rate not whole bytes`);
+    for (const m of line.matchAll(/\bc?burst (\d+)b\b/g))
+      assert.ok(Number(m[1]) >= 2 * 1514, `${ctx}: burst below two frames`);
+    for (const m of line.matchAll(/\b(?:rate|ceil) (\d+)bit\b/g))
+      assert.equal(Number(m[1]) % 8, 0, `${ctx}: rate not whole bytes`);
     const rate = /\brate (\d+)bit ceil (\d+)bit/.exec(line);
     if (rate) assert.ok(Number(rate[2]) >= Number(rate[1]), `${ctx}: ceil below rate`);
     const quantum = /\bquantum (\d+)\b/.exec(line);
@@ -484,7 +572,8 @@ function checkInvariants(name: string, got: string[]): void {
       assert.match(line, / (ingress|egress) protocol all prio 64000\b/, ctx);
     }
     if (/ u32 /.test(line)) assert.match(line, / u32 match u32 0 0 /, ctx);
-    if (/^tc qdisc replace dev \S+ root /.test(line)) assert.match(line, /root handle 7651: htb default 1$/, ctx);
+    if (/^tc qdisc replace dev \S+ root /.test(line))
+      assert.match(line, /root handle 7651: htb default 1$/, ctx);
   }
 }
 
@@ -495,7 +584,12 @@ interface Case {
   observed: Observed;
 }
 
-function runCase(d: Desired, caps: Capabilities, kernel = freshKernel(d.interfaces), extra: Partial<PlanOptions> = {}): Case {
+function runCase(
+  d: Desired,
+  caps: Capabilities,
+  kernel = freshKernel(d.interfaces),
+  extra: Partial<PlanOptions> = {},
+): Case {
   const observed = kernel.observe();
   const p = plan(d.interfaces, observed, caps, options(d, extra));
   return { plan: p, rendered: render(p.ops), kernel, observed };
@@ -528,10 +622,31 @@ const IN_OUT = { inbound: { average: 3750 }, outbound: { average: 1250 } }; // 3
 describe("golden: one interface of each type, <bandwidth> inbound + outbound (THIS_KERNEL)", () => {
   const types: [string, IfaceSpec][] = [
     ["type-bridge", bridge(M.a1, "vnet1", IN_OUT)],
-    ["type-network", { type: "network", mac: M.a1, dev: "vnet1", source: "<source network='lab' bridge='virbr-lab'/>", ...IN_OUT }],
+    [
+      "type-network",
+      {
+        type: "network",
+        mac: M.a1,
+        dev: "vnet1",
+        source: "<source network='lab' bridge='virbr-lab'/>",
+        ...IN_OUT,
+      },
+    ],
     ["type-ethernet", { type: "ethernet", mac: M.a1, dev: "tap-web1", ...IN_OUT }],
-    ["type-direct", { type: "direct", mac: M.a1, dev: "macvtap0", source: "<source dev='uplinkA' mode='bridge'/>", ...IN_OUT }],
-    ["type-ovs", { type: "bridge", mac: M.a1, dev: "vnet2", source: "<source bridge='obr0'/>", ovs: true, ...IN_OUT }],
+    [
+      "type-direct",
+      {
+        type: "direct",
+        mac: M.a1,
+        dev: "macvtap0",
+        source: "<source dev='uplinkA' mode='bridge'/>",
+        ...IN_OUT,
+      },
+    ],
+    [
+      "type-ovs",
+      { type: "bridge", mac: M.a1, dev: "vnet2", source: "<source bridge='obr0'/>", ovs: true, ...IN_OUT },
+    ],
   ];
   for (const [name, spec] of types) {
     test(name, () => {
@@ -569,7 +684,10 @@ describe("golden: where the limits come from", () => {
   test("peak-burst: average 1000 kB/s, peak 5000 kB/s, burst 1024 KiB", () => {
     const d = desired(
       domainXml("web1", UUID_A, [
-        bridge(M.a1, "vnet1", { inbound: { average: 1000, peak: 5000, burst: 1024 }, outbound: { average: 500, peak: 1000, burst: 64 } }),
+        bridge(M.a1, "vnet1", {
+          inbound: { average: 1000, peak: 5000, burst: 1024 },
+          outbound: { average: 500, peak: 1000, burst: 64 },
+        }),
       ]),
     );
     const c = runCase(d, THIS_KERNEL);
@@ -645,7 +763,10 @@ describe("golden: where the limits come from", () => {
 });
 
 describe("golden: upload policing", () => {
-  const xml = domainXml("web1", UUID_A, [bridge(M.a1, "vnet1"), bridge(M.a2, "vnet2", { inbound: { average: 3750 } })]);
+  const xml = domainXml("web1", UUID_A, [
+    bridge(M.a1, "vnet1"),
+    bridge(M.a2, "vnet2", { inbound: { average: 3750 } }),
+  ]);
   const policy = `domains:
   - name: web1
     interfaces:
@@ -660,8 +781,25 @@ describe("golden: upload policing", () => {
     assert.deepEqual(c.plan.problems, []);
     assertGolden("police-production", c.rendered);
     assert.ok(c.rendered.tc.some((l) => / matchall .*police rate 20000000bit /.test(l)));
-    assert.ok(!c.rendered.ipPre.some((l) => l.includes(interfaceIfbName(UUID_A, M.a1))), "no IFB for a policed upload");
+    assert.ok(
+      !c.rendered.ipPre.some((l) => l.includes(interfaceIfbName(UUID_A, M.a1))),
+      "no IFB for a policed upload",
+    );
     assertIdempotent(c, d, PRODUCTION);
+  });
+
+  // iproute2's matchall only takes actions after the `action` keyword: `matchall police ...` is refused by tc
+  // itself ("What is \"police\"?", checked with iproute2 6.1), while u32 accepts a bare `police`.
+  // render.ts writes the bare form for matchall too; this stays a todo until it writes `matchall action police`.
+  test("matchall police is written with the `action` keyword", {
+    todo: "render.ts: matchall police lacks `action` (see report)",
+  }, () => {
+    const c = runCase(desired(xml, policy), PRODUCTION);
+    const line = c.rendered.tc.find((l) => / police /.test(l));
+    assert.match(
+      line ?? "",
+      / handle 1 matchall action police rate 20000000bit burst \d+b mtu 64kb conform-exceed drop$/,
+    );
   });
 
   test("police-production-u32: u32 police where matchall is missing", () => {
@@ -687,7 +825,10 @@ describe("golden: upload policing", () => {
     assert.equal(c.plan.problems[0].iface, `${UUID_A}/${M.a1}`);
     assert.equal(c.plan.problems[0].dev, "vnet1");
     assert.deepEqual(opsFor(c.plan, `${UUID_A}/${M.a1}`), []);
-    assert.ok(c.plan.ops.every((o) => o.dev !== "vnet1"), "nothing touches vnet1");
+    assert.ok(
+      c.plan.ops.every((o) => o.dev !== "vnet1"),
+      "nothing touches vnet1",
+    );
     assert.ok(opsFor(c.plan, `${UUID_A}/${M.a2}`).length > 0);
     assertGolden("police-this-kernel", c.rendered);
     assertIdempotent(c, d, THIS_KERNEL);
@@ -726,7 +867,11 @@ describe("golden: leaves and classifiers by capability", () => {
   ];
   for (const [name, kBps, leaf] of rates) {
     test(`${name}: leaf by rate on THIS_KERNEL`, () => {
-      const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: kBps }, outbound: { average: kBps } })]));
+      const d = desired(
+        domainXml("web1", UUID_A, [
+          bridge(M.a1, "vnet1", { inbound: { average: kBps }, outbound: { average: kBps } }),
+        ]),
+      );
       const c = runCase(d, THIS_KERNEL);
       assertGolden(name, c.rendered);
       const leaves = c.rendered.tc.filter((l) => / parent 7651:1 handle /.test(l));
@@ -745,7 +890,12 @@ describe("golden: leaves and classifiers by capability", () => {
   });
 
   test("no-ifb: IFB_UNAVAILABLE, and nothing for that interface", () => {
-    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT), bridge(M.a2, "vnet2", { inbound: { average: 3750 } })]));
+    const d = desired(
+      domainXml("web1", UUID_A, [
+        bridge(M.a1, "vnet1", IN_OUT),
+        bridge(M.a2, "vnet2", { inbound: { average: 3750 } }),
+      ]),
+    );
     const c = runCase(d, NO_IFB);
     assert.deepEqual(codes(c.plan), ["IFB_UNAVAILABLE"]);
     assert.deepEqual(opsFor(c.plan, `${UUID_A}/${M.a1}`), []);
@@ -791,7 +941,9 @@ describe("golden: interfaces that cannot be shaped now", () => {
   });
 
   test("foreign-root: ROOT_QDISC_FOREIGN for that tap, the domain's other interface still planned", () => {
-    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT), bridge(M.a2, "vnet2", IN_OUT)]));
+    const d = desired(
+      domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT), bridge(M.a2, "vnet2", IN_OUT)]),
+    );
     const kernel = freshKernel(d.interfaces);
     const vnet1 = kernel.devs.get("vnet1");
     assert.ok(vnet1);
@@ -815,6 +967,58 @@ describe("golden: interfaces that cannot be shaped now", () => {
   });
 });
 
+describe("golden: changes", () => {
+  test("change-leaf-kind: 10 -> 100 Mbit/s swaps the tbf leaf for a bfifo under a new handle", () => {
+    const small = desired(
+      domainXml("web1", UUID_A, [
+        bridge(M.a1, "vnet1", { inbound: { average: 1250 }, outbound: { average: 1250 } }),
+      ]),
+    );
+    const c = runCase(small, THIS_KERNEL);
+    c.kernel.apply(c.plan.ops);
+    const big = desired(
+      domainXml("web1", UUID_A, [
+        bridge(M.a1, "vnet1", { inbound: { average: 12_500 }, outbound: { average: 12_500 } }),
+      ]),
+    );
+    const p = plan(big.interfaces, c.kernel.observe(c.plan.records), THIS_KERNEL, options(big));
+    assertGolden("change-leaf-kind", render(p.ops));
+    assert.deepEqual(
+      p.ops.map((o) => o.op),
+      ["class-replace", "leaf-replace", "class-replace", "leaf-replace"],
+    );
+    c.kernel.apply(p.ops);
+    assert.deepEqual(plan(big.interfaces, c.kernel.observe(p.records), THIS_KERNEL, options(big)).ops, []);
+  });
+
+  test("change-remove-direction: dropping the upload limit removes the redirect and the IFB", () => {
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
+    const c = runCase(d, THIS_KERNEL);
+    c.kernel.apply(c.plan.ops);
+    const d2 = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: 3750 } })]));
+    const p = plan(d2.interfaces, c.kernel.observe(c.plan.records), THIS_KERNEL, options(d2));
+    assertGolden("change-remove-direction", render(p.ops));
+    assert.deepEqual(
+      p.ops.map((o) => o.op),
+      ["filter-del", "hook-del", "ifb-del"],
+    );
+    c.kernel.apply(p.ops);
+    assert.deepEqual(plan(d2.interfaces, c.kernel.observe(p.records), THIS_KERNEL, options(d2)).ops, []);
+  });
+
+  test("change-to-police: shaping through an IFB becomes policing", () => {
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
+    const caps = { ...PRODUCTION, classifiers: ["u32"] };
+    const c = runCase(d, caps);
+    c.kernel.apply(c.plan.ops);
+    const d2 = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]), "upload: police\n");
+    const p = plan(d2.interfaces, c.kernel.observe(c.plan.records), caps, options(d2));
+    assertGolden("change-to-police", render(p.ops));
+    c.kernel.apply(p.ops);
+    assert.deepEqual(plan(d2.interfaces, c.kernel.observe(p.records), caps, options(d2)).ops, []);
+  });
+});
+
 describe("idempotence", () => {
   test("re-planning over exactly the desired state yields zero ops (several recipes)", () => {
     const cases: [string, Capabilities][] = [
@@ -826,8 +1030,17 @@ describe("idempotence", () => {
       ["", NO_CLSACT],
     ];
     for (const [policy, caps] of cases) {
-      for (const bw of [IN_OUT, { inbound: { average: 125, peak: 250, burst: 32 }, outbound: { average: 1_250_000 } }]) {
-        const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", bw), { type: "direct", mac: M.a2, dev: "macvtap0", ...bw }]), policy);
+      for (const bw of [
+        IN_OUT,
+        { inbound: { average: 125, peak: 250, burst: 32 }, outbound: { average: 1_250_000 } },
+      ]) {
+        const d = desired(
+          domainXml("web1", UUID_A, [
+            bridge(M.a1, "vnet1", bw),
+            { type: "direct", mac: M.a2, dev: "macvtap0", ...bw },
+          ]),
+          policy,
+        );
         const c = runCase(d, caps);
         assert.ok(c.plan.ops.length > 0);
         assertIdempotent(c, d, caps);
@@ -850,7 +1063,11 @@ describe("idempotence", () => {
     const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
     const c = runCase(d, THIS_KERNEL);
     c.kernel.apply(c.plan.ops);
-    const d2 = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: 3750 }, outbound: { average: 2500 } })]));
+    const d2 = desired(
+      domainXml("web1", UUID_A, [
+        bridge(M.a1, "vnet1", { inbound: { average: 3750 }, outbound: { average: 2500 } }),
+      ]),
+    );
     const again = plan(d2.interfaces, c.kernel.observe(c.plan.records), THIS_KERNEL, options(d2));
     assertGolden("change-outbound-rate", render(again.ops));
     assert.ok(again.ops.every((o) => o.dev === interfaceIfbName(UUID_A, M.a1)));
@@ -936,17 +1153,41 @@ describe("golden: removal", () => {
     );
   });
 
+  // Without a record (lost or never written), the domain's IFB is still found by its alias and deleted, but the
+  // tap's redirect filter to it is left behind: mirred then drops every packet (guest upload blackholed).
+  test("removing an IFB never leaves a redirect to it behind", {
+    todo: "plan.ts: IFB deleted, tap filter kept (see report)",
+  }, () => {
+    const { kernel } = shapedKernel(true);
+    const p = plan([], kernel.observe([]), THIS_KERNEL, options(scope));
+    kernel.apply(p.ops);
+    const dangling =
+      kernel.devs.get("vnet1")?.filters.filter((f) => f.redirectDev?.startsWith("(gone:")) ?? [];
+    assert.deepEqual(dangling, [], `ops were: ${lines(render(p.ops)).join(" | ")}`);
+  });
+
   test("another domain's scope touches nothing of web1", () => {
     const { kernel, records } = shapedKernel(true);
-    const p = plan([], kernel.observe(records), THIS_KERNEL, options({ policy: emptyPolicy(), uuid: UUID_B }));
+    const p = plan(
+      [],
+      kernel.observe(records),
+      THIS_KERNEL,
+      options({ policy: emptyPolicy(), uuid: UUID_B }),
+    );
     assert.deepEqual(p.ops, []);
   });
 
   test("a reused tap name (different ifindex) is not cleaned on the record's word", () => {
     const { kernel, records } = shapedKernel(true);
-    const stale = records.map((r) => ({ ...r, interfaces: r.interfaces.map((i) => ({ ...i, ifindex: 999 })) }));
+    const stale = records.map((r) => ({
+      ...r,
+      interfaces: r.interfaces.map((i) => ({ ...i, ifindex: 999 })),
+    }));
     const p = plan([], kernel.observe(stale), THIS_KERNEL, options(scope));
-    assert.ok(p.ops.every((o) => o.dev !== "vnet1"), JSON.stringify(p.ops));
+    assert.ok(
+      p.ops.every((o) => o.dev !== "vnet1"),
+      JSON.stringify(p.ops),
+    );
   });
 
   test("scope all finds virtqos objects without records", () => {
@@ -954,7 +1195,8 @@ describe("golden: removal", () => {
     const ifb = interfaceIfbName(UUID_A, M.a1);
     const p = plan([], kernel.observe([]), THIS_KERNEL, options(scope, { scope: "all" }));
     const got = p.ops.map((o) => `${o.op} ${o.dev}`);
-    for (const want of ["root-del vnet1", "filter-del vnet1", `ifb-del ${ifb}`]) assert.ok(got.includes(want), `${want} in ${got}`);
+    for (const want of ["root-del vnet1", "filter-del vnet1", `ifb-del ${ifb}`])
+      assert.ok(got.includes(want), `${want} in ${got}`);
     assert.ok(!got.includes("hook-del vnet1"), "without a record virtqos cannot know it created the clsact");
     kernel.apply(p.ops);
     assert.ok(!kernel.devs.has(ifb));
@@ -990,7 +1232,11 @@ describe("golden: sweep", () => {
   });
 
   test("sweep-off: the orphan is kept", () => {
-    const p = plan([], orphanKernel().observe(), THIS_KERNEL, { leaf: "auto", scope: [UUID_A], sweep: false });
+    const p = plan([], orphanKernel().observe(), THIS_KERNEL, {
+      leaf: "auto",
+      scope: [UUID_A],
+      sweep: false,
+    });
     assert.deepEqual(p.ops, []);
     assertGolden("sweep-off", render(p.ops));
   });
@@ -1002,4 +1248,13 @@ describe("golden: sweep", () => {
     const p = plan([], observed, THIS_KERNEL, { leaf: "auto", scope: "all", sweep: true });
     assert.ok(p.ops.every((o) => o.dev !== "ifb0"));
   });
+});
+
+test("every golden file belongs to a case", () => {
+  if (UPDATE) return;
+  const onDisk = readdirSync(fileURLToPath(EXPECTED))
+    .filter((f) => f.endsWith(".txt"))
+    .map((f) => f.slice(0, -4));
+  const stale = onDisk.filter((n) => !usedGoldens.has(n));
+  assert.deepEqual(stale, [], "golden files no test uses (renamed or removed cases?)");
 });

@@ -61,13 +61,17 @@ describe("libvirt 9.0 hook fixtures", () => {
         assert.equal(d.interfaces[2].virtualportType, "openvswitch", "OVS virtualport detected");
         assert.equal(d.interfaces[0].virtualportType, undefined);
       }
-      assert.deepEqual(d.interfaces.map((i) => i.index), d.interfaces.map((_, n) => n));
+      assert.deepEqual(
+        d.interfaces.map((i) => i.index),
+        d.interfaces.map((_, n) => n),
+      );
       for (const i of d.interfaces) assert.equal(i.bandwidth, undefined, "the fixtures carry no <bandwidth>");
     });
   }
 
   test("jason: auto-named taps exist only while the guest runs (start/started), not at prepare/stopped/release", () => {
-    const devs = (phase: string) => parseDomainXml(fixture(`jason-${phase}.xml`)).interfaces.map((i) => i.targetDev);
+    const devs = (phase: string) =>
+      parseDomainXml(fixture(`jason-${phase}.xml`)).interfaces.map((i) => i.targetDev);
     assert.deepEqual(devs("start-begin"), ["vnet1", "macvtap0", "vnet2", "vnet3"]);
     assert.deepEqual(devs("started-begin"), ["vnet1", "macvtap0", "vnet2", "vnet3"]);
     for (const phase of ["prepare-begin", "stopped-end", "release-end"]) {
@@ -77,13 +81,14 @@ describe("libvirt 9.0 hook fixtures", () => {
 
   test("jason: aliases appear once the guest is defined live", () => {
     const d = parseDomainXml(fixture("jason-started-begin.xml"));
-    assert.deepEqual(d.interfaces.map((i) => i.alias), ["net0", "net1", "net2", "net3"]);
-    assert.deepEqual(parseDomainXml(fixture("jason-prepare-begin.xml")).interfaces.map((i) => i.alias), [
-      undefined,
-      undefined,
-      undefined,
-      undefined,
-    ]);
+    assert.deepEqual(
+      d.interfaces.map((i) => i.alias),
+      ["net0", "net1", "net2", "net3"],
+    );
+    assert.deepEqual(
+      parseDomainXml(fixture("jason-prepare-begin.xml")).interfaces.map((i) => i.alias),
+      [undefined, undefined, undefined, undefined],
+    );
   });
 
   test("jason: the live network interface names its bridge", () => {
@@ -93,7 +98,8 @@ describe("libvirt 9.0 hook fixtures", () => {
   });
 
   test("cliff: requested tap names are kept; the managed ethernet tap has no name at release", () => {
-    const devs = (phase: string) => parseDomainXml(fixture(`cliff-${phase}.xml`)).interfaces.map((i) => i.targetDev);
+    const devs = (phase: string) =>
+      parseDomainXml(fixture(`cliff-${phase}.xml`)).interfaces.map((i) => i.targetDev);
     for (const phase of ["prepare-begin", "start-begin", "started-begin", "stopped-end"]) {
       assert.deepEqual(devs(phase), ["tap-cliff0", "tap-cliff1"], phase);
     }
@@ -153,7 +159,12 @@ describe("virtqos metadata", () => {
     );
     assert.deepEqual(d.warnings, []);
     assert.deepEqual(d.metadata, [
-      { mac: "52:54:00:00:00:09", inbound: { average: 3750, burst: 64 }, outbound: undefined, group: undefined },
+      {
+        mac: "52:54:00:00:00:09",
+        inbound: { average: 3750, burst: 64 },
+        outbound: undefined,
+        group: undefined,
+      },
     ]);
   });
 
@@ -174,14 +185,21 @@ describe("virtqos metadata", () => {
   });
 
   test("a <qos> with no namespace at all is not ours", () => {
-    const d = parseDomainXml(domainXml("", `<qos><interface mac="52:54:00:00:00:01"><inbound average="1"/></interface></qos>`));
+    const d = parseDomainXml(
+      domainXml("", `<qos><interface mac="52:54:00:00:00:01"><inbound average="1"/></interface></qos>`),
+    );
     assert.deepEqual(d.metadata, []);
     assert.equal(d.warnings.length, 1);
     assert.match(d.warnings[0], /\(none\)/);
   });
 
   test("other applications' metadata (not <qos>) is ignored silently", () => {
-    const d = parseDomainXml(domainXml("", `<libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0"><libosinfo:os id="http://debian.org/debian/12"/></libosinfo:libosinfo>`));
+    const d = parseDomainXml(
+      domainXml(
+        "",
+        `<libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0"><libosinfo:os id="http://debian.org/debian/12"/></libosinfo:libosinfo>`,
+      ),
+    );
     assert.deepEqual(d.metadata, []);
     assert.deepEqual(d.warnings, []);
   });
@@ -195,7 +213,10 @@ describe("virtqos metadata", () => {
 
   test("a metadata interface without a valid MAC is skipped with a warning", () => {
     const d = parseDomainXml(
-      domainXml("", `<vq:qos xmlns:vq="${QOS_XMLNS}"><vq:interface mac="nope"><vq:inbound average="1"/></vq:interface></vq:qos>`),
+      domainXml(
+        "",
+        `<vq:qos xmlns:vq="${QOS_XMLNS}"><vq:interface mac="nope"><vq:inbound average="1"/></vq:interface></vq:qos>`,
+      ),
     );
     assert.deepEqual(d.metadata, []);
     assert.equal(d.warnings.length, 1);
@@ -242,7 +263,9 @@ describe("<bandwidth>", () => {
   });
 
   test("an empty <bandwidth/> yields no limits", () => {
-    const d = parseDomainXml(domainXml(`<interface type='network'><mac address='52:54:00:00:00:01'/><bandwidth/></interface>`));
+    const d = parseDomainXml(
+      domainXml(`<interface type='network'><mac address='52:54:00:00:00:01'/><bandwidth/></interface>`),
+    );
     assert.equal(d.interfaces[0].bandwidth?.inbound, undefined);
     assert.equal(d.interfaces[0].bandwidth?.outbound, undefined);
   });
@@ -255,8 +278,14 @@ describe("interfaces", () => {
         <interface type='bridge'><mac address='52-54-00-ab-cd-ef'/></interface>
         <interface type='user'/>`),
     );
-    assert.deepEqual(d.interfaces.map((i) => i.mac), ["52:54:00:ab:cd:ef", undefined, undefined]);
-    assert.deepEqual(d.interfaces.map((i) => i.type), ["bridge", "bridge", "user"]);
+    assert.deepEqual(
+      d.interfaces.map((i) => i.mac),
+      ["52:54:00:ab:cd:ef", undefined, undefined],
+    );
+    assert.deepEqual(
+      d.interfaces.map((i) => i.type),
+      ["bridge", "bridge", "user"],
+    );
   });
 
   test("an interface without a type attribute is 'unknown'", () => {
@@ -271,7 +300,9 @@ describe("interfaces", () => {
   });
 
   test("the UUID is lower-cased", () => {
-    const d = parseDomainXml(`<domain><name>x</name><uuid>A4E00D26-390E-41A1-935E-10EDC413232F</uuid></domain>`);
+    const d = parseDomainXml(
+      `<domain><name>x</name><uuid>A4E00D26-390E-41A1-935E-10EDC413232F</uuid></domain>`,
+    );
     assert.equal(d.uuid, JASON_UUID);
   });
 
@@ -317,7 +348,10 @@ describe("invalid domain XML", () => {
   });
 
   test("missing <name>", () => {
-    assert.match(xmlError(`<domain><uuid>11111111-2222-3333-4444-555555555555</uuid></domain>`).message, /<name>/);
+    assert.match(
+      xmlError(`<domain><uuid>11111111-2222-3333-4444-555555555555</uuid></domain>`).message,
+      /<name>/,
+    );
   });
 
   test("missing or invalid <uuid>", () => {

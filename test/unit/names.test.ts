@@ -27,7 +27,8 @@ describe("fnv1a64", () => {
   });
 
   test("always 16 hex digits", () => {
-    for (const s of ["", "x", "a much longer string with ünïcode"]) assert.match(fnv1a64(s), /^[0-9a-f]{16}$/);
+    for (const s of ["", "x", "a much longer string with ünïcode"])
+      assert.match(fnv1a64(s), /^[0-9a-f]{16}$/);
   });
 });
 
@@ -41,7 +42,10 @@ describe("IFB names", () => {
 
   test("deterministic", () => {
     assert.equal(interfaceIfbName(UUID, "52:54:00:00:01:01"), interfaceIfbName(UUID, "52:54:00:00:01:01"));
-    assert.equal(interfaceIfbName(UUID, "52:54:00:00:01:01"), `vqi${fnv1a64(`${UUID}/52:54:00:00:01:01`).slice(0, 12)}`);
+    assert.equal(
+      interfaceIfbName(UUID, "52:54:00:00:01:01"),
+      `vqi${fnv1a64(`${UUID}/52:54:00:00:01:01`).slice(0, 12)}`,
+    );
   });
 
   test("different MACs and different domains give different names", () => {
@@ -95,7 +99,15 @@ describe("IFB alias", () => {
   });
 
   test("other aliases are not ours", () => {
-    for (const alias of [undefined, "", "uplink", "virtqos/2,iface,u,m,d", "virtqos/1", "virtqos/1,group,g,sideways", "virtqos/1,other"]) {
+    for (const alias of [
+      undefined,
+      "",
+      "uplink",
+      "virtqos/2,iface,u,m,d",
+      "virtqos/1",
+      "virtqos/1,group,g,sideways",
+      "virtqos/1,other",
+    ]) {
       assert.equal(parseIfbAlias(alias), undefined, String(alias));
     }
   });

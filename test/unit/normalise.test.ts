@@ -118,7 +118,13 @@ describe("parseClasses", () => {
     assert.equal(classes[0].parent, "7651:");
     assert.equal(classes[0].leaf, undefined);
     assert.equal(classes[0].quantumBytes, undefined);
-    assert.deepEqual(classes[0].stats, { bytes: 1000, packets: 10, drops: 0, overlimits: 3, backlogBytes: 0 });
+    assert.deepEqual(classes[0].stats, {
+      bytes: 1000,
+      packets: 10,
+      drops: 0,
+      overlimits: 3,
+      backlogBytes: 0,
+    });
     assert.equal(classes[1].classid, "7651:10");
     assert.equal(classes[1].parent, "7651:1");
     assert.equal(classes[1].leaf, "7654:");
@@ -126,7 +132,13 @@ describe("parseClasses", () => {
     assert.equal(classes[1].ceilBitsPerSec, 100e6);
     assert.equal(classes[1].burstBytes, 65536);
     assert.equal(classes[1].cburstBytes, 1024 ** 2);
-    assert.deepEqual(classes[1].stats, { bytes: 900, packets: 9, drops: 2, overlimits: 5, backlogBytes: 1514 });
+    assert.deepEqual(classes[1].stats, {
+      bytes: 900,
+      packets: 9,
+      drops: 2,
+      overlimits: 5,
+      backlogBytes: 1514,
+    });
   });
 
   test("no classes", () => {
@@ -231,7 +243,13 @@ describe("filtersFromJson", () => {
   test("a foreign flower filter at another priority is kept as is", () => {
     const json = [
       { protocol: "ip", pref: 10, kind: "flower", chain: 0 },
-      { protocol: "ip", pref: 10, kind: "flower", chain: 0, options: { handle: 1, keys: { ip_proto: "tcp" }, not_in_hw: true } },
+      {
+        protocol: "ip",
+        pref: 10,
+        kind: "flower",
+        chain: 0,
+        options: { handle: 1, keys: { ip_proto: "tcp" }, not_in_hw: true },
+      },
     ];
     const [f] = filtersFromJson(json, "ingress");
     assert.equal(f.prio, 10);
@@ -246,7 +264,14 @@ describe("filtersFromJson", () => {
         pref: 64010,
         kind: "u32",
         chain: 0,
-        options: { fh: "800::800", order: 2048, key_ht: "800", bkt: "0", flowid: "7651:10", match: { value: "0", mask: "0", offmask: "", off: 0 } },
+        options: {
+          fh: "800::800",
+          order: 2048,
+          key_ht: "800",
+          bkt: "0",
+          flowid: "7651:10",
+          match: { value: "0", mask: "0", offmask: "", off: 0 },
+        },
       },
     ];
     const [f] = filtersFromJson(json, "class", "7651:");
@@ -255,7 +280,10 @@ describe("filtersFromJson", () => {
   });
 
   test("a u32 hash table with a real divisor is kept", () => {
-    const [f] = filtersFromJson([{ protocol: "all", pref: 64000, kind: "u32", options: { fh: "1:", ht_divisor: 256 } }], "ingress");
+    const [f] = filtersFromJson(
+      [{ protocol: "all", pref: 64000, kind: "u32", options: { fh: "1:", ht_divisor: 256 } }],
+      "ingress",
+    );
     assert.equal(f.divisor, 256);
   });
 
@@ -281,7 +309,14 @@ describe("linksFromJson / qdiscsFromJson", () => {
     ];
     assert.deepEqual(linksFromJson(json), [
       { name: "lo", ifindex: 1, kind: undefined, alias: undefined, up: true, master: undefined },
-      { name: "vqi0123456789ab", ifindex: 42, kind: "ifb", alias: "virtqos/1,iface,u,m,vnet1", up: true, master: undefined },
+      {
+        name: "vqi0123456789ab",
+        ifindex: 42,
+        kind: "ifb",
+        alias: "virtqos/1,iface,u,m,vnet1",
+        up: true,
+        master: undefined,
+      },
       { name: "vnet1", ifindex: 43, kind: "tun", alias: undefined, up: false, master: "br0" },
     ]);
     assert.deepEqual(linksFromJson(null), []);
@@ -289,8 +324,36 @@ describe("linksFromJson / qdiscsFromJson", () => {
 
   test("tc -j -s qdisc show, grouped by device", () => {
     const json = [
-      { kind: "noqueue", handle: "0:", dev: "lo", root: true, refcnt: 2, options: {}, bytes: 0, packets: 0, drops: 0, overlimits: 0, requeues: 0, backlog: 0, qlen: 0 },
-      { kind: "htb", handle: "7651:", dev: "vnet1", root: true, refcnt: 2, options: { r2q: 10, default: "0x1", direct_packets_stat: 0 }, bytes: 100, packets: 2, drops: 1, overlimits: 3, requeues: 0, backlog: 0, qlen: 0 },
+      {
+        kind: "noqueue",
+        handle: "0:",
+        dev: "lo",
+        root: true,
+        refcnt: 2,
+        options: {},
+        bytes: 0,
+        packets: 0,
+        drops: 0,
+        overlimits: 0,
+        requeues: 0,
+        backlog: 0,
+        qlen: 0,
+      },
+      {
+        kind: "htb",
+        handle: "7651:",
+        dev: "vnet1",
+        root: true,
+        refcnt: 2,
+        options: { r2q: 10, default: "0x1", direct_packets_stat: 0 },
+        bytes: 100,
+        packets: 2,
+        drops: 1,
+        overlimits: 3,
+        requeues: 0,
+        backlog: 0,
+        qlen: 0,
+      },
       { kind: "fq_codel", handle: "7654:", dev: "vnet1", parent: "7651:1", options: { limit: 10240 } },
       { kind: "clsact", handle: "ffff:", dev: "vnet1", parent: "ffff:fff1", options: {} },
     ];
@@ -356,7 +419,10 @@ describe("observe batch", () => {
     const v1 = out.get("vnet1");
     assert.equal(v1?.classes.length, 1);
     assert.equal(v1?.classes[0].rateText, "30Mbit");
-    assert.deepEqual(v1?.filters.map((f) => [f.hook, f.prio, f.redirectDev]), [["ingress", 64000, "ifbx"]]);
+    assert.deepEqual(
+      v1?.filters.map((f) => [f.hook, f.prio, f.redirectDev]),
+      [["ingress", 64000, "ifbx"]],
+    );
     assert.deepEqual(out.get("vnet2"), { dev: "vnet2", classes: [], filters: [] });
     assert.deepEqual(out.get("vnet3"), { dev: "vnet3", classes: [], filters: [] });
     const ifb = out.get("vqi0123456789ab");

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { emptyPolicy, formatProblem, type PolicyProblem, PolicyError, parsePolicy } from "../../src/core/policy.js";
+import {
+  emptyPolicy,
+  formatProblem,
+  PolicyError,
+  type PolicyProblem,
+  parsePolicy,
+} from "../../src/core/policy.js";
 
 const FILE = "/etc/virtqos/policy.yaml";
 
@@ -124,7 +130,12 @@ describe("a valid policy", () => {
     assert.deepEqual(plain(web.inbound), { rateBitsPerSec: 300e6, floorBitsPerSec: 100e6 });
     assert.deepEqual(plain(web.memberDefaults), { inbound: { rateBitsPerSec: 50e6, floorBitsPerSec: 10e6 } });
     assert.deepEqual(plain(web.members), [
-      { domain: "web1", mac: "52:54:00:aa:bb:cc", inbound: { rateBitsPerSec: 100e6, floorBitsPerSec: 20e6 }, line: 34 },
+      {
+        domain: "web1",
+        mac: "52:54:00:aa:bb:cc",
+        inbound: { rateBitsPerSec: 100e6, floorBitsPerSec: 20e6 },
+        line: 34,
+      },
       { domain: "web2", line: 37 },
     ]);
     assert.deepEqual(plain(p.groups[2].select), { domains: ["db1", "db2"], networks: ["lab"] });
@@ -167,7 +178,9 @@ describe("policy errors: file:line:column, field and fix", () => {
   });
 
   test("an unknown field", () => {
-    const list = problems("defaults:\n  inbound: { average: 30mbit }\ndomains:\n  - name: web1\n    bogus: 1\n");
+    const list = problems(
+      "defaults:\n  inbound: { average: 30mbit }\ndomains:\n  - name: web1\n    bogus: 1\n",
+    );
     const p = problemAt(list, "domains[0].bogus");
     assert.equal(p.line, 5);
     assert.match(p.message, /unknown field "bogus"/);
@@ -201,7 +214,10 @@ describe("policy errors: file:line:column, field and fix", () => {
   });
 
   test("peak without average", () => {
-    const p = problemAt(problems("domains:\n  - name: a\n    inbound:\n      peak: 20mbit\n"), "domains[0].inbound");
+    const p = problemAt(
+      problems("domains:\n  - name: a\n    inbound:\n      peak: 20mbit\n"),
+      "domains[0].inbound",
+    );
     assert.equal(p.line, 4);
     assert.match(p.message, /peak is set without average/);
   });
@@ -217,7 +233,9 @@ describe("policy errors: file:line:column, field and fix", () => {
 
   test("a bad MAC address", () => {
     const p = problemAt(
-      problems('domains:\n  - name: a\n    interfaces:\n      - mac: "52:54:00:zz:00:01"\n        inbound: { average: 1mbit }\n'),
+      problems(
+        'domains:\n  - name: a\n    interfaces:\n      - mac: "52:54:00:zz:00:01"\n        inbound: { average: 1mbit }\n',
+      ),
       "domains[0].interfaces[0].mac",
     );
     assert.equal(p.line, 4);
@@ -227,7 +245,9 @@ describe("policy errors: file:line:column, field and fix", () => {
 
   test("a bad MAC in a group member", () => {
     const p = problemAt(
-      problems("groups:\n  - name: g\n    inbound: { average: 10mbit }\n    members:\n      - domain: a\n        mac: nope\n"),
+      problems(
+        "groups:\n  - name: g\n    inbound: { average: 10mbit }\n    members:\n      - domain: a\n        mac: nope\n",
+      ),
       "groups[0].members[0].mac",
     );
     assert.equal(p.line, 6);
@@ -398,12 +418,18 @@ describe("policy errors: file:line:column, field and fix", () => {
   });
 
   test("mode is refused on inbound", () => {
-    const p = problemAt(problems("defaults:\n  inbound: { average: 1mbit, mode: police }\n"), "defaults.inbound.mode");
+    const p = problemAt(
+      problems("defaults:\n  inbound: { average: 1mbit, mode: police }\n"),
+      "defaults.inbound.mode",
+    );
     assert.match(p.message, /outbound/);
   });
 
   test("a burst smaller than a frame", () => {
-    const p = problemAt(problems("defaults:\n  inbound: { average: 1mbit, burst: 1000B }\n"), "defaults.inbound.burst");
+    const p = problemAt(
+      problems("defaults:\n  inbound: { average: 1mbit, burst: 1000B }\n"),
+      "defaults.inbound.burst",
+    );
     assert.match(p.message, /1514/);
   });
 

@@ -170,7 +170,8 @@ describe("chooseLeaf", () => {
       const limit = leaf.limitBytes;
       const twentyMs = mbit(rate) * 0.02;
       assert.ok(limit >= 10 * FRAME_BYTES);
-      if (twentyMs >= 10 * FRAME_BYTES) assert.ok(Math.abs(limit - twentyMs) <= 1, `${rate}: ${limit} vs ${twentyMs}`);
+      if (twentyMs >= 10 * FRAME_BYTES)
+        assert.ok(Math.abs(limit - twentyMs) <= 1, `${rate}: ${limit} vs ${twentyMs}`);
     }
   });
 });
@@ -185,7 +186,8 @@ describe("capability fixtures", () => {
 
   test("PRODUCTION adds fq_codel, sfq, matchall, fw, flower, basic, police, skbedit, gact", () => {
     for (const q of [...THIS_KERNEL.qdiscs, "fq_codel", "sfq"]) assert.ok(has(PRODUCTION, "qdisc", q), q);
-    for (const c of ["u32", "matchall", "fw", "flower", "basic"]) assert.ok(has(PRODUCTION, "classifier", c), c);
+    for (const c of ["u32", "matchall", "fw", "flower", "basic"])
+      assert.ok(has(PRODUCTION, "classifier", c), c);
     for (const a of ["mirred", "police", "skbedit", "gact"]) assert.ok(has(PRODUCTION, "action", a), a);
   });
 

@@ -39,7 +39,13 @@ const M3 = "52:54:00:00:00:03";
 // Four interfaces: bandwidth both ways (1), bandwidth inbound only (2), nothing (3), metadata+bandwidth (4).
 const XML = domain(
   [
-    iface("bridge", M1, "vnet0", "net0", "<bandwidth><inbound average='1000' peak='2000' burst='256'/><outbound average='500'/></bandwidth>"),
+    iface(
+      "bridge",
+      M1,
+      "vnet0",
+      "net0",
+      "<bandwidth><inbound average='1000' peak='2000' burst='256'/><outbound average='500'/></bandwidth>",
+    ),
     iface("network", M2, "vnet1", "net1", "<bandwidth><inbound average='125'/></bandwidth>"),
     iface("ethernet", M3, "vnet2", "net2"),
   ].join("\n"),
@@ -75,7 +81,17 @@ describe("precedence per direction: policy > metadata > bandwidth > defaults", (
   });
 
   test("bandwidth peak and burst are converted (kB/s -> bit/s, KiB -> bytes)", () => {
-    const { interfaces } = resolve(domain(iface("bridge", M1, "vnet0", "net0", "<bandwidth><inbound average='1000' peak='2000' burst='256' floor='100'/></bandwidth>")));
+    const { interfaces } = resolve(
+      domain(
+        iface(
+          "bridge",
+          M1,
+          "vnet0",
+          "net0",
+          "<bandwidth><inbound average='1000' peak='2000' burst='256' floor='100'/></bandwidth>",
+        ),
+      ),
+    );
     assert.deepEqual(interfaces[0].inbound, {
       rateBitsPerSec: 8e6,
       ceilBitsPerSec: 16e6,
@@ -228,15 +244,24 @@ describe("interface types", () => {
     assert.equal(all[0].key, `${UUID}/52:54:00:00:01:01`);
     assert.equal(all[0].domainName, "web1");
     assert.equal(all[0].domainUuid, UUID);
-    assert.deepEqual(all.slice(0, 4).map((i) => i.dev), ["vnet0", "vnet1", "tap0", "macvtap0"]);
+    assert.deepEqual(
+      all.slice(0, 4).map((i) => i.dev),
+      ["vnet0", "vnet1", "tap0", "macvtap0"],
+    );
   });
 
   test("only direct (macvtap) interfaces are swapped", () => {
-    assert.deepEqual(all.map((i) => i.swapped), [false, false, false, true, false, false, false, false]);
+    assert.deepEqual(
+      all.map((i) => i.swapped),
+      [false, false, false, true, false, false, false, false],
+    );
   });
 
   test("OVS ports are recognised by their virtualport", () => {
-    assert.deepEqual(all.map((i) => i.ovs), [false, false, false, false, false, false, false, true]);
+    assert.deepEqual(
+      all.map((i) => i.ovs),
+      [false, false, false, false, false, false, false, true],
+    );
   });
 
   test("vhostuser, hostdev and user are not enforceable, with a reason, and have no dev", () => {
@@ -281,7 +306,9 @@ describe("upload mode", () => {
 describe("XML oddities", () => {
   test("peak below average in XML warns and uses the average", () => {
     const { interfaces, warnings } = resolve(
-      domain(iface("bridge", M1, "vnet0", "net0", "<bandwidth><inbound average='1000' peak='500'/></bandwidth>")),
+      domain(
+        iface("bridge", M1, "vnet0", "net0", "<bandwidth><inbound average='1000' peak='500'/></bandwidth>"),
+      ),
     );
     assert.equal(interfaces[0].inbound?.rateBitsPerSec, 8e6);
     assert.equal(interfaces[0].inbound?.ceilBitsPerSec, 8e6);
@@ -292,7 +319,9 @@ describe("XML oddities", () => {
 
   test("peak or burst without average is ignored with a warning", () => {
     const { interfaces, warnings } = resolve(
-      domain(iface("bridge", M1, "vnet0", "net0", "<bandwidth><outbound peak='500' burst='64'/></bandwidth>")),
+      domain(
+        iface("bridge", M1, "vnet0", "net0", "<bandwidth><outbound peak='500' burst='64'/></bandwidth>"),
+      ),
     );
     assert.equal(interfaces[0].outbound, undefined);
     assert.equal(warnings.length, 1);
@@ -322,7 +351,10 @@ describe("XML oddities", () => {
 
   test("metadata for a MAC the domain does not have is unused", () => {
     const { interfaces } = resolve(
-      domain(iface("bridge", M1, "vnet0", "net0"), `<vq:interface mac="${M2}"><vq:inbound average="1"/></vq:interface>`),
+      domain(
+        iface("bridge", M1, "vnet0", "net0"),
+        `<vq:interface mac="${M2}"><vq:inbound average="1"/></vq:interface>`,
+      ),
     );
     assert.equal(interfaces[0].inbound, undefined);
   });
