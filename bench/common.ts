@@ -3,6 +3,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, statfsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Runner } from "../src/adapters/exec.js";
 import { run } from "../src/lab/exec.js";
 
 export interface BenchResult {
@@ -246,4 +247,36 @@ export function tmpfsRunDir(prefix: string): { dir: string; tmpfs: boolean } {
     }
   }
   return { dir: mkdtempSync(join(tmpdir(), prefix)), tmpfs: false };
+}
+
+// ---- where an engine run spends its time ----
+
+export interface RunnerCall {
+  cmd: string;
+  args: string;
+  ms: number;
+  stdoutKB: number;
+  inputLines: number;
+}
+
+/** Wrap a Runner to record every process it starts, for time breakdowns (observe vs apply vs JavaScript). */
+export function timingRunner(inner: Runner): { runner: Runner; calls: RunnerCall[] } {
+  const calls: RunnerCall[] = [];
+  return {
+    calls,
+    runner: {
+      async run(cmd, args, input) {
+        const t0 = nowMs();
+        const r = await inner.run(cmd, args, input);
+        calls.push({
+          cmd,
+          args: args.filter((a) => a !== "-n").join(" ").slice(0, 60),
+          ms: round(nowMs() - t0, 1),
+          stdoutKB: round(r.stdout.length / 1024, 1),
+          inputLines: input ? input.split("\n").filter(Boolean).length : 0,
+        });
+        return r;
+      },
+    },
+  };
 }

@@ -24,7 +24,9 @@ import {
   nowMs,
   onCleanup,
   round,
+  type RunnerCall,
   splitLine,
+  timingRunner,
   tmpfsRunDir,
 } from "./common.js";
 
@@ -88,17 +90,36 @@ function devOf(line: string): string {
   return w[w.indexOf("dev") + 1] ?? "";
 }
 
+/** Time reconciles; `processes` says, for the median run, how long each child process took. */
 async function noopRuns(ctx: EngineContext, req: Parameters<typeof reconcile>[1], n: number) {
   const ms: number[] = [];
   const ops: number[] = [];
+  const breakdowns: { totalMs: number; calls: RunnerCall[] }[] = [];
   for (let i = 0; i < n; i++) {
+    const timed = timingRunner(ctx.runner);
     const t0 = nowMs();
-    const r = await reconcile(ctx, req);
-    ms.push(nowMs() - t0);
+    const r = await reconcile({ ...ctx, runner: timed.runner }, req);
+    const total = nowMs() - t0;
+    ms.push(total);
     check(r, "no-op re-apply");
     ops.push(r.plan.ops.length);
+    breakdowns.push({ totalMs: round(total, 1), calls: timed.calls });
   }
-  return { ms, ops };
+  const mid = breakdowns.find((b) => b.totalMs === round(median(ms), 1)) ?? breakdowns[0];
+  return { ms, ops, breakdown: breakdownOf(mid) };
+}
+
+function breakdownOf(b: { totalMs: number; calls: RunnerCall[] }) {
+  // observe runs `ip link` and `tc qdisc` in parallel, then one `tc -batch`: count the longer of the first two.
+  const [first, second, ...rest] = b.calls;
+  const parallel = Math.max(first?.ms ?? 0, second?.ms ?? 0);
+  const serialProcessesMs = parallel + rest.reduce((s, c) => s + c.ms, 0);
+  return {
+    totalMs: b.totalMs,
+    childProcessesMs: round(serialProcessesMs, 1),
+    javascriptAndFilesMs: round(b.totalMs - serialProcessesMs, 1),
+    processes: b.calls,
+  };
 }
 
 export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
@@ -135,8 +156,9 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
     const { ipPre, tc, ipPost } = dry.rendered;
 
     // (a) cold apply through the engine
+    const coldTimed = timingRunner(ctxA.runner);
     t0 = nowMs();
-    const cold = await reconcile(ctxA, req);
+    const cold = await reconcile({ ...ctxA, runner: coldTimed.runner }, req);
     const coldMs = nowMs() - t0;
     check(cold, "cold apply");
     if (!cold.applied) throw new Error("cold apply did not apply");
@@ -193,6 +215,7 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
       xmlParseMs: round(parseMs, 1),
       dryRunMs: round(dryMs, 1),
       coldApplyMs: round(coldMs, 1),
+      coldBreakdown: breakdownOf({ totalMs: round(coldMs, 1), calls: coldTimed.calls }),
       htbRootsA: rootsA,
       htbRootsB: rootsB,
       runDirOnTmpfs: runA.tmpfs,
@@ -221,6 +244,7 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
         runsMs: noop.ms.map((m) => round(m, 1)),
         plannedOps: noop.ops,
         runDirOnTmpfs: runA.tmpfs,
+        medianRunBreakdown: noop.breakdown,
         diskRunDirRunsMs: noopDisk.ms.map((m) => round(m, 1)),
       }, true),
       {
@@ -234,6 +258,7 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
       },
       info("scale.noop_reapply_disk_rundir", "no-op re-apply, run dir on disk (ext4) (median)", round(median(noopDisk.ms) / 1000, 3), "s", {
         runsMs: noopDisk.ms.map((m) => round(m, 1)),
+        medianRunBreakdown: noopDisk.breakdown,
       }),
     ];
   } finally {

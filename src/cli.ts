@@ -1,5 +1,6 @@
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
 import { processRunner } from "./adapters/exec.js";
 import { createLogger, type Logger, logTargetFromEnv } from "./adapters/log.js";
@@ -292,7 +293,7 @@ async function readStdin(): Promise<string> {
 
 /** Where the bundled hook lives: next to this bundle in dist/. */
 function hookBundlePath(): string {
-  const here = dirname(new URL(import.meta.url).pathname);
+  const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [join(here, "hook.mjs"), join(here, "..", "dist", "hook.mjs")];
   return resolve(candidates.find((c) => existsSync(c)) ?? candidates[0]);
 }

@@ -4,6 +4,7 @@ import { loadPolicy, policyAsksStrict, policyPath } from "./adapters/policy-file
 import { defaultRunDir } from "./adapters/state.js";
 import { reconcile } from "./app/engine.js";
 import { parseDomainXml } from "./core/domain-xml.js";
+import { emptyPolicy } from "./core/policy.js";
 
 // The libvirt qemu hook: `virtqos hook qemu <domain> <operation> <sub-operation> <extra>`, domain XML on stdin.
 // It never calls libvirt (libvirt waits for the hook: a call back can deadlock), and unless the policy asks
@@ -35,7 +36,10 @@ export async function runHook(args: string[], stdin: string, opts: { netns?: str
       policy = loadPolicy(file);
     } catch (e) {
       strict = policyAsksStrict(file);
-      throw e;
+      // Removing what virtqos created needs no policy: a broken file must not leave IFBs behind a stopped guest.
+      if (action !== "remove") throw e;
+      log.error(`policy ${file} is invalid; removing this guest's shaping anyway: ${(e as Error).message.replace(/\n/g, "; ")}`);
+      policy = emptyPolicy(file);
     }
     strict = policy.strict;
     log.setLevel(policy.logLevel);

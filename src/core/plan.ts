@@ -170,7 +170,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     records.set(d.domainUuid, record);
     const label = `${d.domainName} ${d.mac}${d.dev ? ` (${d.dev})` : ""}`;
     if (d.notEnforceable) {
-      notes.push({ level: "warning", iface: d.key, message: `${label}: not enforceable: ${d.notEnforceable}` });
+      if (!d.inbound && !d.outbound && !d.group) continue;
+      notes.push({ level: "warning", iface: d.key, message: `${label}: limits not enforceable: ${d.notEnforceable}` });
       record.interfaces.push({ mac: d.mac, type: d.type, swapped: d.swapped, notEnforceable: d.notEnforceable });
       continue;
     }
@@ -381,6 +382,19 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     }
   }
 
+  // A redirect still pointing at an IFB about to go (its owner's record may be lost, or its tap reused)
+  // must go first: the kernel drops everything a redirect to a missing device catches.
+  const removedIfbs = new Set(post.filter((o) => o.op === "ifb-del").map((o) => o.dev));
+  const handled = new Set([...main, ...pre].flatMap((o) => (o.op === "filter-del" || o.op === "filter-add" ? [`${o.dev}/${o.hook}/${o.prio}`] : [])));
+  for (const [dev, o] of observed.devices) {
+    for (const f of o.filters) {
+      if (f.hook === "class" || !isOurPrio(f.prio) || !f.redirectDev || !removedIfbs.has(f.redirectDev)) continue;
+      const id = `${dev}/${f.hook}/${f.prio}`;
+      if (handled.has(id) || !observed.links.has(dev)) continue;
+      handled.add(id);
+      main.push({ op: "filter-del", dev, hook: f.hook, prio: f.prio });
+    }
+  }
   const voided = (op: Op) => op.iface !== undefined && failed.has(op.iface);
   const scopeUuids = options.scope === "all" ? observed.records.map((r) => r.domainUuid) : options.scope;
   const keep = [...records.values()].filter((r) => r.interfaces.length > 0);

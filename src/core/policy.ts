@@ -193,7 +193,17 @@ export function parsePolicy(text: string, file: string): Policy {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const problems: PolicyProblem[] = [];
-  const at = (path: Path): { line: number; column: number } => {
+  const at = (path: Path, atKey = false): { line: number; column: number } => {
+    // An unknown field is wrong where its key is ("defualts:"), not on the line of its value.
+    const parent = atKey && path.length ? (path.length === 1 ? doc.contents : doc.getIn(path.slice(0, -1), true)) : undefined;
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => (p.key as { value?: unknown } | null)?.value === path[path.length - 1]);
+      const keyRange = (pair?.key as YamlNode | null)?.range;
+      if (keyRange) {
+        const pos = lineCounter.linePos(keyRange[0]);
+        return { line: pos.line, column: pos.col };
+      }
+    }
     let node: unknown = path.length ? doc.getIn(path, true) : doc.contents;
     // A missing key has no node: point at the closest existing parent.
     for (let n = path.length - 1; (node === undefined || node === null) && n >= 0; n--) {
@@ -203,8 +213,8 @@ export function parsePolicy(text: string, file: string): Policy {
     const pos = lineCounter.linePos(range ? range[0] : 0);
     return { line: pos.line, column: pos.col };
   };
-  const problem = (path: Path, message: string, fix: string) =>
-    problems.push({ file, ...at(path), field: fieldName(path), message, fix });
+  const problem = (path: Path, message: string, fix: string, atKey = false) =>
+    problems.push({ file, ...at(path, atKey), field: fieldName(path), message, fix });
 
   for (const err of doc.errors) {
     const pos = lineCounter.linePos(err.pos[0]);
@@ -230,7 +240,7 @@ export function parsePolicy(text: string, file: string): Policy {
       .split("/")
       .slice(1)
       .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, "/").replace(/~0/g, "~")));
-    problem(path, e.message, e.fix);
+    problem(path, e.message, e.fix, e.unknownField);
   }
   if (problems.length) throw new PolicyError(problems);
 
@@ -308,12 +318,17 @@ export function parsePolicy(text: string, file: string): Policy {
     leaf: (obj.leaf as LeafChoice | undefined) ?? "auto",
     defaults: directions(obj.defaults as Record<string, unknown> | undefined, ["defaults"]),
   };
-  for (const d of ["inbound", "outbound"] as const) {
-    const def = policy.defaults[d];
-    if (def && !def.unlimited && def.rateBitsPerSec === undefined) {
-      problem(["defaults", d], "has no average", "add `average: <rate>` or remove the entry");
+  // Where a direction is the interface's own limit, it needs an average; a lone `mode` or `burst` would
+  // otherwise silently replace the XML's limit with nothing. (Group members may give only a floor.)
+  const needsAverage = (v: unknown, path: Path) => {
+    const dir = v as Record<string, unknown> | string | undefined;
+    // A lone peak has its own, more precise message.
+    if (dir && typeof dir === "object" && dir.average === undefined && dir.peak === undefined) {
+      problem(path, "has no average", "add `average: <rate>` (the limit), or write `unlimited`");
     }
-  }
+  };
+  const defaultsRaw = obj.defaults as Record<string, unknown> | undefined;
+  for (const d of ["inbound", "outbound"] as const) needsAverage(defaultsRaw?.[d], ["defaults", d]);
 
   const domains = (obj.domains as Record<string, unknown>[] | undefined) ?? [];
   domains.forEach((d, i) => {
@@ -322,8 +337,10 @@ export function parsePolicy(text: string, file: string): Policy {
     if (d.uuid !== undefined && !isUuid(d.uuid as string)) {
       problem([...path, "uuid"], `"${d.uuid}" is not a UUID`, "copy it from `virsh domuuid <domain>`");
     }
+    for (const dir of ["inbound", "outbound"] as const) needsAverage(d[dir], [...path, dir]);
     const interfaces = ((d.interfaces as Record<string, unknown>[] | undefined) ?? []).map((ifr, j) => {
       const ipath: Path = [...path, "interfaces", j];
+      for (const dir of ["inbound", "outbound"] as const) needsAverage(ifr[dir], [...ipath, dir]);
       const mac = ifr.mac === undefined ? undefined : normaliseMac(ifr.mac as string);
       if (ifr.mac !== undefined && !mac) {
         problem([...ipath, "mac"], `"${ifr.mac}" is not a MAC address`, 'write it as "52:54:00:12:34:56"');
@@ -493,6 +510,7 @@ interface SchemaProblem {
   path: string;
   message: string;
   fix: string;
+  unknownField: boolean;
 }
 
 /**
@@ -548,7 +566,7 @@ function bestErrors(schema: TSchema, value: unknown): SchemaProblem[] {
     }
     // A failed union also reports its members' errors at deeper paths; the union's message covers them.
     if ([...byPath.keys()].some((p) => key.startsWith(`${p}/`))) continue;
-    byPath.set(key, { path: key, message, fix });
+    byPath.set(key, { path: key, message, fix, unknownField: e.type === ValueErrorType.ObjectAdditionalProperties });
   }
   return [...byPath.values()];
 }

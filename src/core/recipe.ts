@@ -91,7 +91,7 @@ export interface LeafDecision {
 
 /** fq_codel where the kernel has it, else sfq, else a FIFO bounded by queueing delay, not by packet count. */
 export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: LeafChoice): LeafDecision {
-  // A byte FIFO holding ~20 ms of data. Below ~50 Mbit/s that is less than two GSO packets (64 KiB each):
+  // A byte FIFO holding ~20 ms of data. Below ~54 Mbit/s that is less than two GSO packets (64 KiB each):
   // a plain bfifo then drops whole GSO packets and TCP falls to ~90% of the limit, while counting packets
   // (pfifo) lets 64 KiB packets queue for 280 ms. TBF splits GSO packets into frames before queueing them,
   // which keeps both the latency bound and TCP at the limit; above the threshold a bfifo is cheaper.
@@ -102,7 +102,7 @@ export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: 
     }
     return {
       leaf: { kind: "tbf", rateBytesPerSec: 2 * ceilBytesPerSec, burstBytes: 2 * FRAME_BYTES, limitBytes },
-      why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (rate below 52 Mbit/s)`,
+      why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (rate below 54 Mbit/s)`,
     };
   };
   const sfq = (why: string): LeafDecision => ({

@@ -46,6 +46,11 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
       const limit = resolveDirection(direction, policy, domainRule, ifaceRule, meta?.[direction], iface, warnings, domain);
       if (limit) base[direction] = limit;
     }
+    if (base.ovs && (base.inbound?.source === "bandwidth" || base.outbound?.source === "bandwidth")) {
+      warnings.push(
+        `domain ${domain.name} interface ${mac}: <bandwidth> on an Open vSwitch port is also applied by libvirt through OVS (linux-htb QoS, ingress policing), which replaces virtqos's qdiscs; give this limit in <metadata> or the policy file instead`,
+      );
+    }
     if (!HOST_NETDEV_TYPES.has(iface.type)) {
       base.notEnforceable = `interface type "${iface.type}" has no host network device for tc to shape`;
       base.dev = undefined;

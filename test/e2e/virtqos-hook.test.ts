@@ -891,11 +891,6 @@ test("virtqos libvirt hook, end to end", {
 
   await t.test(
     "a guest shaped under a valid policy is cleaned up when it stops while the policy is invalid",
-    {
-      todo:
-        "virtqos bug: hook.ts loads the policy before acting, so `stopped end`/`release end` with an invalid " +
-        "policy remove nothing (IFBs and the record stay until something else sweeps them)",
-    },
     async () => {
       let shaped: Map<string, Shaped> | undefined;
       try {
