@@ -313,7 +313,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
   const pre: Op[] = [];
   const main: Op[] = [];
   const post: Op[] = [];
-  const failed = new Set(problems.map((p) => p.iface));
+  // A member refused by admission is still shaped (on its own): only other problems void an interface.
+  const failed = new Set(problems.filter((p) => p.code !== "GROUP_ADMISSION").map((p) => p.iface));
   const emptyDevice = (dev: string): ObservedDevice => ({ dev, qdiscs: [], classes: [], filters: [] });
 
   // IFBs first: the tree must exist before a redirect points traffic at it.
