@@ -8,6 +8,7 @@ import { formatTable } from "../app/table.js";
 import { formatRate } from "../core/units.js";
 import { runHook } from "../hook.js";
 import { run } from "./exec.js";
+import { runGroupsDemo } from "./groups-demo.js";
 import { runTransfers, type TransferResult } from "./iperf.js";
 import { createLab, destroyAllLabs, type Lab, type LabGuest } from "./topology.js";
 
@@ -219,7 +220,18 @@ export async function runLab(opts: LabOptions): Promise<number> {
     say(leftIfbs.length ? `LEAK: ${leftIfbs.map((l) => l.ifname).join(", ")}` : "cleanup: no virtqos device or qdisc left");
     if (leftIfbs.length) exitCode = 1;
 
-    const results = { rows, worstDeviation: worst, verdict, labNamespaces: [lab.hostNs, lab.peerNs] };
+    // Part two: seed 001's groups, phase by phase, with a chart.
+    const groups = await runGroupsDemo({ out, quick: opts.quick, say });
+    say(`groups verdict: ${groups.ok ? "PASS" : "FAIL"} (every guest within 10% of its guarantee or ceiling at the end of each phase)`);
+    if (!groups.ok) exitCode = 1;
+
+    const results = {
+      rows,
+      worstDeviation: worst,
+      verdict,
+      groups: { verdict: groups.ok ? "PASS" : "FAIL", phases: groups.results, chart: groups.chart },
+      labNamespaces: [lab.hostNs, lab.peerNs],
+    };
     writeFileSync(join(out, "results.json"), `${JSON.stringify(results, null, 2)}\n`);
     if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     say(`results written to ${join(out, "results.json")}`);
