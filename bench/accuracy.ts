@@ -16,20 +16,39 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
     // What the lab carries without any shaping: the ceiling for judging the 1000 Mbit/s rows.
     const baseline: Record<string, number> = {};
     for (const direction of ["download", "upload"] as const) {
-      const [r] = await runTransfers(lab, [{ guest: g, direction, protocol: "tcp", seconds: 2, omitSeconds: 1 }]);
+      const [r] = await runTransfers(lab, [
+        { guest: g, direction, protocol: "tcp", seconds: 2, omitSeconds: 1 },
+      ]);
       baseline[direction] = r.l2BitsPerSec;
     }
     opts.log(
       `  unshaped TCP capacity: download ${(baseline.download / 1e6).toFixed(0)} Mbit/s, upload ${(baseline.upload / 1e6).toFixed(0)} Mbit/s (L2)`,
     );
     results.push(
-      info("accuracy.unshaped_tcp_download", "L2 rate, no shaping", round(baseline.download / 1e6, 1), "Mbit/s", {}),
-      info("accuracy.unshaped_tcp_upload", "L2 rate, no shaping", round(baseline.upload / 1e6, 1), "Mbit/s", {}),
+      info(
+        "accuracy.unshaped_tcp_download",
+        "L2 rate, no shaping",
+        round(baseline.download / 1e6, 1),
+        "Mbit/s",
+        {},
+      ),
+      info(
+        "accuracy.unshaped_tcp_upload",
+        "L2 rate, no shaping",
+        round(baseline.upload / 1e6, 1),
+        "Mbit/s",
+        {},
+      ),
     );
     const uuid = uuidFor("bench-acc");
     for (const mbit of RATES_MBIT) {
       const xml = domainXml("bench-acc", uuid, [
-        { guest: g, bridge: lab.bridge, inbound: { average: kBpsForMbit(mbit) }, outbound: { average: kBpsForMbit(mbit) } },
+        {
+          guest: g,
+          bridge: lab.bridge,
+          inbound: { average: kBpsForMbit(mbit) },
+          outbound: { average: kBpsForMbit(mbit) },
+        },
       ]);
       const applied = await applyXml(h, [xml]);
       if (applied.failure || applied.plan.problems.length) {
@@ -50,19 +69,27 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
           };
           const [r] = await runTransfers(lab, [t]);
           const ratio = r.l2BitsPerSec / (mbit * 1e6);
-          const row = between(`accuracy.${mbit}mbit.${protocol}.${direction}`, "achieved/configured (L2)", round(ratio, 4), "ratio", 0.98, 1.02, {
-            configuredMbit: mbit,
-            l2Mbit: round(r.l2BitsPerSec / 1e6, 3),
-            goodputMbit: round(r.goodputBitsPerSec / 1e6, 3),
-            intervalsL2Mbit: r.intervals.map((i) => round(i.l2BitsPerSec / 1e6, 2)),
-            retransmits: r.retransmits,
-            lostPercent: r.lostPercent === undefined ? undefined : round(r.lostPercent, 2),
-            udpOfferedMbit: protocol === "udp" ? mbit * UDP_OVERLOAD : undefined,
-            seconds,
-            omitSeconds,
-            unshapedL2Mbit: round(baseline[direction] / 1e6, 1),
-            tc: tcLines,
-          });
+          const row = between(
+            `accuracy.${mbit}mbit.${protocol}.${direction}`,
+            "achieved/configured (L2)",
+            round(ratio, 4),
+            "ratio",
+            0.98,
+            1.02,
+            {
+              configuredMbit: mbit,
+              l2Mbit: round(r.l2BitsPerSec / 1e6, 3),
+              goodputMbit: round(r.goodputBitsPerSec / 1e6, 3),
+              intervalsL2Mbit: r.intervals.map((i) => round(i.l2BitsPerSec / 1e6, 2)),
+              retransmits: r.retransmits,
+              lostPercent: r.lostPercent === undefined ? undefined : round(r.lostPercent, 2),
+              udpOfferedMbit: protocol === "udp" ? mbit * UDP_OVERLOAD : undefined,
+              seconds,
+              omitSeconds,
+              unshapedL2Mbit: round(baseline[direction] / 1e6, 1),
+              tc: tcLines,
+            },
+          );
           opts.log(`  ${row.name}: ${row.value} (${row.pass ? "ok" : "FAIL"})`);
           results.push(row);
         }

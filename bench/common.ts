@@ -270,7 +270,10 @@ export function timingRunner(inner: Runner): { runner: Runner; calls: RunnerCall
         const r = await inner.run(cmd, args, input);
         calls.push({
           cmd,
-          args: args.filter((a) => a !== "-n").join(" ").slice(0, 60),
+          args: args
+            .filter((a) => a !== "-n")
+            .join(" ")
+            .slice(0, 60),
           ms: round(nowMs() - t0, 1),
           stdoutKB: round(r.stdout.length / 1024, 1),
           inputLines: input ? input.split("\n").filter(Boolean).length : 0,

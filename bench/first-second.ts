@@ -12,7 +12,12 @@ export async function firstSecond(opts: BenchOptions): Promise<BenchResult[]> {
     const uuid = uuidFor("bench-first");
     for (const mbit of [10, 100]) {
       const xml = domainXml("bench-first", uuid, [
-        { guest: g, bridge: lab.bridge, inbound: { average: kBpsForMbit(mbit) }, outbound: { average: kBpsForMbit(mbit) } },
+        {
+          guest: g,
+          bridge: lab.bridge,
+          inbound: { average: kBpsForMbit(mbit) },
+          outbound: { average: kBpsForMbit(mbit) },
+        },
       ]);
       const applied = await applyXml(h, [xml]);
       if (applied.failure || applied.plan.problems.length) throw new Error(`apply ${mbit} Mbit/s failed`);
@@ -23,14 +28,21 @@ export async function firstSecond(opts: BenchOptions): Promise<BenchResult[]> {
           { guest: g, direction, protocol: "tcp", seconds: 3, omitSeconds: 0, intervalSeconds: 1 },
         ]);
         const ratio = r.firstSecondL2BitsPerSec / (mbit * 1e6);
-        const row = atMost(`first_second.${mbit}mbit.tcp.${direction}`, "first-second L2 / configured", round(ratio, 4), "ratio", 1.1, {
-          configuredMbit: mbit,
-          firstSecondL2Mbit: round(r.firstSecondL2BitsPerSec / 1e6, 3),
-          intervalsL2Mbit: r.intervals.map((i) => round(i.l2BitsPerSec / 1e6, 2)),
-          wholeRunL2Mbit: round(r.l2BitsPerSec / 1e6, 3),
-          retransmits: r.retransmits,
-          tc: applied.rendered.tc,
-        });
+        const row = atMost(
+          `first_second.${mbit}mbit.tcp.${direction}`,
+          "first-second L2 / configured",
+          round(ratio, 4),
+          "ratio",
+          1.1,
+          {
+            configuredMbit: mbit,
+            firstSecondL2Mbit: round(r.firstSecondL2BitsPerSec / 1e6, 3),
+            intervalsL2Mbit: r.intervals.map((i) => round(i.l2BitsPerSec / 1e6, 2)),
+            wholeRunL2Mbit: round(r.l2BitsPerSec / 1e6, 3),
+            retransmits: r.retransmits,
+            tc: applied.rendered.tc,
+          },
+        );
         opts.log(`  ${row.name}: ${row.value} (${row.pass ? "ok" : "FAIL"})`);
         results.push(row);
       }

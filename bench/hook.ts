@@ -19,8 +19,10 @@ import {
   median,
   nowMs,
   onCleanup,
+  type RunnerCall,
   round,
   timedSpawn,
+  timingRunner,
   tmpfsRunDir,
 } from "./common.js";
 
@@ -56,9 +58,11 @@ async function htbRoots(ns: string): Promise<number> {
 }
 
 export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
-  if (!existsSync(HOOK)) throw new Error(`${HOOK} is missing: run \`node scripts/build.mjs\` (or \`npm run bench\`)`);
+  if (!existsSync(HOOK))
+    throw new Error(`${HOOK} is missing: run \`node scripts/build.mjs\` (or \`npm run bench\`)`);
   const stale = statSync(HOOK).mtimeMs < newestSource(join(ROOT, "src"));
-  if (stale) opts.log("  WARNING: dist/hook.mjs is older than src/: results describe the old build (npm run build)");
+  if (stale)
+    opts.log("  WARNING: dist/hook.mjs is older than src/: results describe the old build (npm run build)");
   const iterations = opts.quick ? 8 : 15;
   // On tmpfs, like /run/virtqos on a real host.
   const { dir: runDir, tmpfs } = tmpfsRunDir("vqbench-hook-");
@@ -91,7 +95,8 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
     const parentNodeOptions = env.NODE_OPTIONS;
     delete env.NODE_OPTIONS;
     const node = process.execPath;
-    const hookRun = (op: string, sub: string, e = env) => timedSpawn(node, [HOOK, NAME, op, sub, "-"], { input: xml, env: e });
+    const hookRun = (op: string, sub: string, e = env) =>
+      timedSpawn(node, [HOOK, NAME, op, sub, "-"], { input: xml, env: e });
 
     // Warm-up (untimed): probes capabilities and caches them in the run dir; errors go to stderr here.
     const warm = await hookRun("start", "begin", { ...env, VIRTQOS_LOG: "stderr" });
@@ -106,7 +111,14 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
     // Also warm the page cache for node itself.
     await timedSpawn(node, ["-e", "0"], { env });
 
-    const t = { node: [] as number[], prepare: [] as number[], start: [] as number[], started: [] as number[], oneProc: [] as number[], stopped: [] as number[] };
+    const t = {
+      node: [] as number[],
+      prepare: [] as number[],
+      start: [] as number[],
+      started: [] as number[],
+      oneProc: [] as number[],
+      stopped: [] as number[],
+    };
     let badApply = 0;
     let badRemove = 0;
     let nonZeroExit = 0;
@@ -134,18 +146,31 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
     const ctx = { runner, runDir: inProcDir, log: createLogger({ level: "error", target: "silent" }), caps };
     const domain = parseDomainXml(xml);
     const inProc = { cold: [] as number[], noop: [] as number[], remove: [] as number[] };
+    const procs = { cold: [] as RunnerCall[][], noop: [] as RunnerCall[][], remove: [] as RunnerCall[][] };
+    const timed = async (which: keyof typeof inProc, domains: (typeof domain)[]) => {
+      const tr = timingRunner(runner);
+      const t0 = nowMs();
+      const r = await reconcile(
+        { ...ctx, runner: tr.runner },
+        { domains, policy: emptyPolicy(), scope: [UUID], sweep: true },
+      );
+      inProc[which].push(nowMs() - t0);
+      procs[which].push(tr.calls);
+      return r;
+    };
     for (let i = 0; i < Math.min(iterations, 10); i++) {
-      let t0 = nowMs();
-      await reconcile(ctx, { domains: [domain], policy: emptyPolicy(), scope: [UUID], sweep: true });
-      inProc.cold.push(nowMs() - t0);
-      t0 = nowMs();
-      const r = await reconcile(ctx, { domains: [domain], policy: emptyPolicy(), scope: [UUID], sweep: true });
-      inProc.noop.push(nowMs() - t0);
+      await timed("cold", [domain]);
+      const r = await timed("noop", [domain]);
       if (r.plan.ops.length) badApply++;
-      t0 = nowMs();
-      await reconcile(ctx, { domains: [], policy: emptyPolicy(), scope: [UUID], sweep: true });
-      inProc.remove.push(nowMs() - t0);
+      await timed("remove", []);
     }
+    /** Per child process (in order), the median time over the in-process runs. */
+    const perProcess = (runs: RunnerCall[][]) =>
+      (runs[0] ?? []).map((c, i) => ({
+        cmd: `${c.cmd} ${c.args}`,
+        inputLines: c.inputLines,
+        medianMs: round(median(runs.map((r) => r[i]?.ms ?? Number.NaN).filter(Number.isFinite)), 2),
+      }));
 
     const m = {
       nodeMs: round(median(t.node), 1),
@@ -169,7 +194,14 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
       medians: m,
       breakdown,
       samplesMs: Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.map((x) => round(x, 1))])),
-      inProcessSamplesMs: Object.fromEntries(Object.entries(inProc).map(([k, v]) => [k, v.map((x) => round(x, 1))])),
+      inProcessChildProcesses: {
+        cold: perProcess(procs.cold),
+        noop: perProcess(procs.noop),
+        remove: perProcess(procs.remove),
+      },
+      inProcessSamplesMs: Object.fromEntries(
+        Object.entries(inProc).map(([k, v]) => [k, v.map((x) => round(x, 1))]),
+      ),
       badApply,
       badRemove,
       nonZeroExit,
@@ -182,12 +214,33 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
       `  medians: node ${m.nodeMs} ms, prepare ${m.prepareBeginMs} ms, start(cold) ${m.startBeginColdMs} ms, started(no-op) ${m.startedBeginNoopMs} ms`,
     );
     if (badApply || badRemove || nonZeroExit) {
-      opts.log(`  WARNING: ${badApply} applies and ${badRemove} removals did not leave the expected state, ${nonZeroExit} non-zero exits`);
+      opts.log(
+        `  WARNING: ${badApply} applies and ${badRemove} removals did not leave the expected state, ${nonZeroExit} non-zero exits`,
+      );
     }
     return [
-      atMost("hook.cold_apply_over_node", "median(hook start begin) / median(node -e 0)", round(median(t.start) / median(t.node), 3), "ratio", 1.5, details),
-      info("hook.cold_apply_ms", "median hook start begin (cold apply, 4 ifaces)", m.startBeginColdMs, "ms", {}),
-      info("hook.noop_over_node", "median(hook started begin, no-op) / median(node -e 0)", round(median(t.started) / median(t.node), 3), "ratio", {}),
+      atMost(
+        "hook.cold_apply_over_node",
+        "median(hook start begin) / median(node -e 0)",
+        round(median(t.start) / median(t.node), 3),
+        "ratio",
+        1.5,
+        details,
+      ),
+      info(
+        "hook.cold_apply_ms",
+        "median hook start begin (cold apply, 4 ifaces)",
+        m.startBeginColdMs,
+        "ms",
+        {},
+      ),
+      info(
+        "hook.noop_over_node",
+        "median(hook started begin, no-op) / median(node -e 0)",
+        round(median(t.started) / median(t.node), 3),
+        "ratio",
+        {},
+      ),
       info("hook.noop_ms", "median hook started begin (no-op)", m.startedBeginNoopMs, "ms", {}),
       info("hook.prepare_ms", "median hook prepare begin (module load only)", m.prepareBeginMs, "ms", {}),
       info("hook.node_ms", "median node -e 0", m.nodeMs, "ms", {}),

@@ -1,6 +1,7 @@
 // A one-guest lab (namespaces from src/lab/topology.ts) with an engine bound to its host namespace.
-import { type Harness, harness } from "../test/helpers/netns.js";
+
 import { createLab, type Lab } from "../src/lab/topology.js";
+import { type Harness, harness } from "../test/helpers/netns.js";
 import { onCleanup } from "./common.js";
 
 export async function withLab<T>(fn: (lab: Lab, h: Harness) => Promise<T>): Promise<T> {

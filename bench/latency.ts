@@ -20,7 +20,7 @@ function p99(samples: number[]): number {
 
 async function underLoad(lab: Lab, count: number): Promise<{ ping: PingResult; transfer: TransferResult }> {
   const g = lab.guests[0];
-  const seconds = Math.ceil((WARMUP_MS / 1000) + count * PING_INTERVAL_S + 2);
+  const seconds = Math.ceil(WARMUP_MS / 1000 + count * PING_INTERVAL_S + 2);
   const [[transfer], ping] = await Promise.all([
     runTransfers(lab, [{ guest: g, direction: "download", protocol: "tcp", seconds }]),
     sleep(WARMUP_MS).then(() => pingLatency(lab.peerNs, g.ipv4, { count, intervalSec: PING_INTERVAL_S })),
@@ -43,7 +43,12 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
       // virtqos's recipe
       const applied = await applyXml(h, [
         domainXml("bench-lat", uuid, [
-          { guest: g, bridge: lab.bridge, inbound: { average: kBpsForMbit(MBIT) }, outbound: { average: kBpsForMbit(MBIT) } },
+          {
+            guest: g,
+            bridge: lab.bridge,
+            inbound: { average: kBpsForMbit(MBIT) },
+            outbound: { average: kBpsForMbit(MBIT) },
+          },
         ]),
       ]);
       if (applied.failure || applied.plan.problems.length) throw new Error("virtqos apply failed");
@@ -52,7 +57,19 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
       await removeDomain(h, uuid);
       // The naive recipe, by hand, on the same tap.
       await tc(["qdisc", "replace", "dev", g.tap, "root", "handle", "1:", "htb", "default", "1"]);
-      await tc(["class", "add", "dev", g.tap, "parent", "1:", "classid", "1:1", "htb", "rate", `${MBIT}mbit`]);
+      await tc([
+        "class",
+        "add",
+        "dev",
+        g.tap,
+        "parent",
+        "1:",
+        "classid",
+        "1:1",
+        "htb",
+        "rate",
+        `${MBIT}mbit`,
+      ]);
       const naiveLeaf = (await tc(["qdisc", "show", "dev", g.tap])).stdout.trim();
       const n = await underLoad(lab, count);
       await tc(["qdisc", "del", "dev", g.tap, "root"], true);
@@ -67,7 +84,9 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
         loadRetransmits: x.transfer.retransmits,
       });
       perRound.push({ virtqos: summary(v), naive: { ...summary(n), qdiscs: naiveLeaf } });
-      opts.log(`  round ${round_ + 1}: virtqos p99 ${v.ping.p99Ms.toFixed(1)} ms, naive p99 ${n.ping.p99Ms.toFixed(1)} ms`);
+      opts.log(
+        `  round ${round_ + 1}: virtqos p99 ${v.ping.p99Ms.toFixed(1)} ms, naive p99 ${n.ping.p99Ms.toFixed(1)} ms`,
+      );
     }
     const vq = p99(samples.virtqos);
     const nv = p99(samples.naive);
@@ -87,7 +106,14 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
       ],
     };
     return [
-      atMost("latency.10mbit.virtqos_p99", "ping p99 under saturated TCP download", round(vq, 2), "ms", 30, details),
+      atMost(
+        "latency.10mbit.virtqos_p99",
+        "ping p99 under saturated TCP download",
+        round(vq, 2),
+        "ms",
+        30,
+        details,
+      ),
       info("latency.10mbit.naive_p99", "ping p99, naive HTB + 1000-packet FIFO", round(nv, 2), "ms", {
         perRound: perRound.map((r) => r.naive),
       }),

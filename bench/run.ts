@@ -5,13 +5,7 @@ import { cpus, release } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { accuracy } from "./accuracy.js";
-import {
-  type Bench,
-  type BenchResult,
-  errored,
-  removeStaleNamespaces,
-  runAllCleanups,
-} from "./common.js";
+import { type Bench, type BenchResult, errored, removeStaleNamespaces, runAllCleanups } from "./common.js";
 import { firstSecond } from "./first-second.js";
 import { hook } from "./hook.js";
 import { latency } from "./latency.js";
@@ -38,9 +32,15 @@ function parseArgs(argv: string[]): { only: string[]; quick: boolean; fullScale:
     else if (a === "--only" || a.startsWith("--only=")) {
       const v = a === "--only" ? argv[++i] : a.slice("--only=".length);
       if (!v) throw new Error("--only needs a comma-separated list");
-      only = v.split(",").map((s) => s.trim()).filter(Boolean);
+      only = v
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean);
       const unknown = only.filter((n) => !(n in BENCHES));
-      if (unknown.length) throw new Error(`unknown benchmark(s) ${unknown.join(", ")}; known: ${Object.keys(BENCHES).join(", ")}`);
+      if (unknown.length)
+        throw new Error(
+          `unknown benchmark(s) ${unknown.join(", ")}; known: ${Object.keys(BENCHES).join(", ")}`,
+        );
     } else if (a === "--help" || a === "-h") {
       process.stdout.write(
         `usage: tsx bench/run.ts [--only ${Object.keys(BENCHES).join(",")}] [--quick] [--full-scale]\n` +
@@ -67,7 +67,11 @@ function table(results: BenchResult[]): string {
   ]);
   const head = ["benchmark", "measured", "target", "result"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join("  ")
+      .trimEnd();
   return [line(head), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
 }
 
@@ -125,12 +129,17 @@ async function main(): Promise<void> {
     results,
   };
   const file = join(dirname(fileURLToPath(import.meta.url)), "results.json");
-  writeFileSync(file, `${JSON.stringify(out, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`);
+  writeFileSync(
+    file,
+    `${JSON.stringify(out, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2)}\n`,
+  );
 
   process.stdout.write(`\n${table(results)}\n\n`);
   const failed = results.filter((r) => r.pass === false);
   if (failed.length) {
-    process.stdout.write(`FAIL: ${failed.length} of ${results.filter((r) => r.pass !== null).length} targets missed: ${failed.map((r) => r.name).join(", ")}\n`);
+    process.stdout.write(
+      `FAIL: ${failed.length} of ${results.filter((r) => r.pass !== null).length} targets missed: ${failed.map((r) => r.name).join(", ")}\n`,
+    );
   } else {
     process.stdout.write(`all ${results.filter((r) => r.pass !== null).length} targets met\n`);
   }

@@ -23,8 +23,8 @@ import {
   median,
   nowMs,
   onCleanup,
-  round,
   type RunnerCall,
+  round,
   splitLine,
   timingRunner,
   tmpfsRunDir,
@@ -57,7 +57,10 @@ export function scaleDomainXml(d: number): string {
 }
 
 /** A namespace with TAPS veth pairs, created by one `ip -batch -`; returns the creation time. */
-async function tapNamespace(tag: string, register: (ns: string) => void): Promise<{ ns: string; createMs: number }> {
+async function tapNamespace(
+  tag: string,
+  register: (ns: string) => void,
+): Promise<{ ns: string; createMs: number }> {
   const ns = await createNamespace(tag);
   register(ns);
   const lines: string[] = [];
@@ -71,7 +74,12 @@ async function tapNamespace(tag: string, register: (ns: string) => void): Promis
 }
 
 function ctxFor(ns: string, runDir: string, caps: Capabilities): EngineContext {
-  return { runner: processRunner({ netns: ns }), runDir, log: createLogger({ level: "error", target: "silent" }), caps };
+  return {
+    runner: processRunner({ netns: ns }),
+    runDir,
+    log: createLogger({ level: "error", target: "silent" }),
+    caps,
+  };
 }
 
 function check(r: ReconcileResult, what: string): void {
@@ -134,7 +142,9 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
     const register = (ns: string) => namespaces.push(ns);
     const a = await tapNamespace("scaleA", register);
     const b = await tapNamespace("scaleB", register);
-    opts.log(`  created ${TAPS} veth pairs per namespace in ${a.createMs.toFixed(0)} / ${b.createMs.toFixed(0)} ms`);
+    opts.log(
+      `  created ${TAPS} veth pairs per namespace in ${a.createMs.toFixed(0)} / ${b.createMs.toFixed(0)} ms`,
+    );
     const runA = tmpfsRunDir("vqbench-scaleA-");
     const runB = tmpfsRunDir("vqbench-scaleB-");
     dirs.push(runA.dir, runB.dir);
@@ -164,7 +174,9 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
     if (!cold.applied) throw new Error("cold apply did not apply");
     const rootsA = await countRoots(a.ns);
     const totalLines = ipPre.length + tc.length + ipPost.length;
-    opts.log(`  (a) cold reconcile: ${cold.plan.ops.length} ops, ${totalLines} lines, ${coldMs.toFixed(0)} ms`);
+    opts.log(
+      `  (a) cold reconcile: ${cold.plan.ops.length} ops, ${totalLines} lines, ${coldMs.toFixed(0)} ms`,
+    );
 
     // (b) the same lines, one process each, on the identical second namespace. Every tc process in a namespace
     // with thousands of links costs ~15 ms (iproute2's tc dumps all links to resolve one name), so unless
@@ -233,20 +245,47 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
       opsLeftAfterPerLine: verifyB.plan.ops.length,
     };
     return [
-      info("scale.cold_apply", `cold reconcile, ${DOMAINS} domains / ${TAPS} taps`, round(coldMs / 1000, 3), "s", common),
-      info("scale.per_line", `same ${totalLines} lines, one tc/ip process each${extrapolated ? " (extrapolated)" : ""}`, round(perLineMs / 1000, 2), "s", perLine),
-      atLeast("scale.per_line_over_batched", "per-line time / cold reconcile time", round(perLineMs / coldMs, 1), "ratio", 20, {
-        coldApplyMs: round(coldMs, 1),
-        perLineMs: round(perLineMs, 1),
-        extrapolated,
-      }),
-      atMost("scale.noop_reapply", `no-op re-apply of ${TAPS} taps (median)`, round(median(noop.ms) / 1000, 3), "s", 0.5, {
-        runsMs: noop.ms.map((m) => round(m, 1)),
-        plannedOps: noop.ops,
-        runDirOnTmpfs: runA.tmpfs,
-        medianRunBreakdown: noop.breakdown,
-        diskRunDirRunsMs: noopDisk.ms.map((m) => round(m, 1)),
-      }, true),
+      info(
+        "scale.cold_apply",
+        `cold reconcile, ${DOMAINS} domains / ${TAPS} taps`,
+        round(coldMs / 1000, 3),
+        "s",
+        common,
+      ),
+      info(
+        "scale.per_line",
+        `same ${totalLines} lines, one tc/ip process each${extrapolated ? " (extrapolated)" : ""}`,
+        round(perLineMs / 1000, 2),
+        "s",
+        perLine,
+      ),
+      atLeast(
+        "scale.per_line_over_batched",
+        "per-line time / cold reconcile time",
+        round(perLineMs / coldMs, 1),
+        "ratio",
+        20,
+        {
+          coldApplyMs: round(coldMs, 1),
+          perLineMs: round(perLineMs, 1),
+          extrapolated,
+        },
+      ),
+      atMost(
+        "scale.noop_reapply",
+        `no-op re-apply of ${TAPS} taps (median)`,
+        round(median(noop.ms) / 1000, 3),
+        "s",
+        0.5,
+        {
+          runsMs: noop.ms.map((m) => round(m, 1)),
+          plannedOps: noop.ops,
+          runDirOnTmpfs: runA.tmpfs,
+          medianRunBreakdown: noop.breakdown,
+          diskRunDirRunsMs: noopDisk.ms.map((m) => round(m, 1)),
+        },
+        true,
+      ),
       {
         name: "scale.noop_planned_ops",
         metric: "ops planned by a no-op re-apply (max over runs)",
@@ -256,10 +295,16 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
         pass: [...noop.ops, ...noopDisk.ops].every((n) => n === 0),
         details: { plannedOps: [...noop.ops, ...noopDisk.ops] },
       },
-      info("scale.noop_reapply_disk_rundir", "no-op re-apply, run dir on disk (ext4) (median)", round(median(noopDisk.ms) / 1000, 3), "s", {
-        runsMs: noopDisk.ms.map((m) => round(m, 1)),
-        medianRunBreakdown: noopDisk.breakdown,
-      }),
+      info(
+        "scale.noop_reapply_disk_rundir",
+        "no-op re-apply, run dir on disk (ext4) (median)",
+        round(median(noopDisk.ms) / 1000, 3),
+        "s",
+        {
+          runsMs: noopDisk.ms.map((m) => round(m, 1)),
+          medianRunBreakdown: noopDisk.breakdown,
+        },
+      ),
     ];
   } finally {
     unregister();

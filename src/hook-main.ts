@@ -1,11 +1,21 @@
-import { runHook } from "./hook.js";
+import { prepareHook, runHook } from "./hook.js";
 
 // Entry point of the installed libvirt hook (/etc/libvirt/hooks/qemu.d/virtqos): argv is
 // <domain> <operation> <sub-operation> <extra>, the domain XML is on stdin. Kept apart from the CLI so the
 // hook loads nothing it does not need (no commander, no lab).
 
+// Last line of defence: whatever escapes runHook must not fail a guest start (strict mode is decided inside).
+for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+  process.on(event, (e: unknown) => {
+    process.stderr.write(`virtqos: ERROR: hook internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(0);
+  });
+}
+
+const args = process.argv.slice(2);
+const prepared = await prepareHook(args);
 const chunks: Buffer[] = [];
 for await (const c of process.stdin) chunks.push(c as Buffer);
-const result = await runHook(process.argv.slice(2), Buffer.concat(chunks).toString("utf8"));
+const result = await runHook(args, Buffer.concat(chunks).toString("utf8"), { prepared });
 if (result.stdout) process.stdout.write(result.stdout);
 process.exitCode = result.exitCode;

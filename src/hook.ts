@@ -1,10 +1,13 @@
 import { processRunner } from "./adapters/exec.js";
+import { type BaseDump, dumpLinksAndQdiscs } from "./adapters/kernel.js";
+import { acquireLock } from "./adapters/lock.js";
 import { createLogger, logTargetFromEnv } from "./adapters/log.js";
-import { loadPolicy, policyAsksStrict, policyPath } from "./adapters/policy-file.js";
+import { loadPolicyCached, policyAsksStrict, policyPath } from "./adapters/policy-file.js";
 import { defaultRunDir } from "./adapters/state.js";
 import { reconcile } from "./app/engine.js";
 import { parseDomainXml } from "./core/domain-xml.js";
-import { emptyPolicy } from "./core/policy.js";
+import type { Policy } from "./core/policy.js";
+import { emptyPolicy } from "./core/policy-empty.js";
 
 // The libvirt qemu hook: `virtqos hook qemu <domain> <operation> <sub-operation> <extra>`, domain XML on stdin.
 // It never calls libvirt (libvirt waits for the hook: a call back can deadlock), and unless the policy asks
@@ -24,16 +27,43 @@ export function hookAction(operation: string, subOperation: string): Action {
   return "none";
 }
 
-export async function runHook(args: string[], stdin: string, opts: { netns?: string } = {}): Promise<HookResult> {
+export interface PreparedHook {
+  release: () => void;
+  base: BaseDump;
+}
+
+/**
+ * Take the lock and start the kernel dumps before the XML has even been read: a guest start waits for the
+ * hook, and these are its slowest steps. Only for operations that change the kernel.
+ */
+export async function prepareHook(args: string[], opts: { netns?: string } = {}): Promise<PreparedHook | undefined> {
+  const action = hookAction(args[1] ?? "", args[2] ?? "");
+  if (action !== "apply" && action !== "remove") return undefined;
+  try {
+    const release = await acquireLock(defaultRunDir());
+    const base = dumpLinksAndQdiscs(processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS }));
+    base.catch(() => {}); // awaited (and reported) by observe(); never an unhandled rejection meanwhile
+    return { release, base };
+  } catch {
+    return undefined; // runHook takes the lock itself and reports the problem
+  }
+}
+
+export async function runHook(
+  args: string[],
+  stdin: string,
+  opts: { netns?: string; prepared?: PreparedHook } = {},
+): Promise<HookResult> {
   const [domainName = "", operation = "", subOperation = "", extra = "-"] = args;
   const file = policyPath();
   const log = createLogger({ level: "info", target: logTargetFromEnv() });
   let strict = false;
   try {
     const action = hookAction(operation, subOperation);
-    let policy: ReturnType<typeof loadPolicy>;
+    const runDir = defaultRunDir();
+    let policy: Policy;
     try {
-      policy = loadPolicy(file);
+      policy = await loadPolicyCached(file, runDir);
     } catch (e) {
       strict = policyAsksStrict(file);
       // Removing what virtqos created needs no policy: a broken file must not leave IFBs behind a stopped guest.
@@ -47,9 +77,13 @@ export async function runHook(args: string[], stdin: string, opts: { netns?: str
     if (action === "passthrough") return { exitCode: 0, stdout: stdin };
     if (action === "none") return { exitCode: 0, stdout: "" };
     const domain = parseDomainXml(stdin);
-    const runDir = defaultRunDir();
     const result = await reconcile(
-      { runner: processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS }), runDir, log },
+      {
+        runner: processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS }),
+        runDir,
+        log,
+        held: opts.prepared ? { base: opts.prepared.base } : undefined,
+      },
       { domains: action === "apply" ? [domain] : [], policy, scope: [domain.uuid], sweep: true },
     );
     const failed = result.failure !== undefined || result.plan.problems.length > 0;
@@ -64,6 +98,7 @@ export async function runHook(args: string[], stdin: string, opts: { netns?: str
     }
     return { exitCode: 0, stdout: "" };
   } finally {
+    opts.prepared?.release();
     await log.close();
   }
 }

@@ -10,7 +10,7 @@ import {
   splitObserveOutput,
 } from "../core/normalise.js";
 import type { Observed } from "../core/plan.js";
-import type { Runner } from "./exec.js";
+import type { ExecResult, Runner } from "./exec.js";
 
 export class BatchError extends Error {
   readonly code = "TC_BATCH_FAILED";
@@ -30,14 +30,28 @@ export class BatchError extends Error {
  * Read everything plan() needs in three processes whatever the number of devices: links and all qdiscs as
  * JSON, then one `tc -j -batch` for classes and filters of the devices that matter.
  */
+export type BaseDump = Promise<[ExecResult, ExecResult]>;
+
+/** The two device-independent dumps. Started early (the hook starts them while it parses its input). */
+export function dumpLinksAndQdiscs(runner: Runner, stats = false): BaseDump {
+  return Promise.all([
+    runner.run("ip", ["-j", "-d", "link", "show"]),
+    runner.run("tc", stats ? ["-s", "-j", "qdisc", "show"] : ["-j", "qdisc", "show"]),
+  ]);
+}
+
 export async function observe(
   runner: Runner,
-  opts: { devs: Iterable<string>; records: DomainRecord[]; everything?: boolean; stats?: boolean },
+  opts: {
+    devs: Iterable<string>;
+    records: DomainRecord[];
+    everything?: boolean;
+    stats?: boolean;
+    /** Dumps already under way (taken under the same lock). */
+    base?: BaseDump;
+  },
 ): Promise<Observed> {
-  const [linkRes, qdiscRes] = await Promise.all([
-    runner.run("ip", ["-j", "-d", "link", "show"]),
-    runner.run("tc", opts.stats ? ["-s", "-j", "qdisc", "show"] : ["-j", "qdisc", "show"]),
-  ]);
+  const [linkRes, qdiscRes] = await (opts.base ?? dumpLinksAndQdiscs(runner, opts.stats));
   if (linkRes.code !== 0) throw new Error(`ip link show failed: ${linkRes.stderr.trim()}`);
   if (qdiscRes.code !== 0) throw new Error(`tc qdisc show failed: ${qdiscRes.stderr.trim()}`);
   const links = new Map<string, ObservedLink>(linksFromJson(JSON.parse(linkRes.stdout || "[]")).map((l) => [l.name, l]));
@@ -54,6 +68,9 @@ export async function observe(
     if (!links.has(dev) || !qs) continue;
     const hook = qs.find((q) => q.parent === "ffff:fff1");
     const ourRoot = qs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === "7651:");
+    // Without virtqos's root or a hook qdisc there is nothing of ours to read: a fresh tap costs no query,
+    // which spares a guest start one process.
+    if (!ourRoot && !hook && !opts.stats) continue;
     queries.push({ dev, classes: ourRoot, egress: hook?.kind === "clsact", rootFilters: ourRoot });
   }
   const devices = new Map<string, ObservedDevice>();

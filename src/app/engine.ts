@@ -7,7 +7,7 @@ import { type Rendered, render } from "../core/render.js";
 import { resolveDomain } from "../core/resolve.js";
 import { formatRate, formatSize } from "../core/units.js";
 import type { Runner } from "../adapters/exec.js";
-import { BatchError, observe, runBatch } from "../adapters/kernel.js";
+import { type BaseDump, BatchError, observe, runBatch } from "../adapters/kernel.js";
 import { acquireLock } from "../adapters/lock.js";
 import type { Logger } from "../adapters/log.js";
 import { cachedCapabilities } from "../adapters/probe.js";
@@ -22,6 +22,8 @@ export interface EngineContext {
   log: Logger;
   caps?: Capabilities;
   lockTimeoutMs?: number;
+  /** The caller already holds the lock and started the base dumps under it (the hook, to save time). */
+  held?: { base: BaseDump };
 }
 
 export interface ReconcileRequest {
@@ -54,11 +56,11 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
     resolveProblems.push(...r.problems);
   }
   for (const w of warnings) ctx.log.warning(w);
-  const release = req.dryRun ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
+  const release = req.dryRun || ctx.held ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
   try {
     const records = loadRecords(ctx.runDir);
     const devs = desired.flatMap((d) => (d.dev ? [d.dev] : []));
-    const before = await observe(ctx.runner, { devs, records, everything: req.scope === "all" });
+    const before = await observe(ctx.runner, { devs, records, everything: req.scope === "all", base: ctx.held?.base });
     const p = plan(desired, before, caps, {
       leaf: req.policy.leaf,
       scope: req.scope,

@@ -3,7 +3,10 @@ import { Value, ValueErrorType } from "@sinclair/typebox/value";
 import { isMap, LineCounter, type Node as YamlNode, parseDocument } from "yaml";
 import { normaliseMac } from "./domain-xml.js";
 import type { UploadMode } from "./model.js";
+import { emptyPolicy } from "./policy-empty.js";
 import { parseRate, parseSize, UnitError } from "./units.js";
+
+export { emptyPolicy };
 
 // The policy file. Structure is checked with a TypeBox schema, values (units, cross-field rules) by hand,
 // and every problem is reported with file:line:column, the field path and the fix, all at once.
@@ -92,20 +95,6 @@ export class PolicyError extends Error {
 
 export function formatProblem(p: PolicyProblem): string {
   return `${p.file}:${p.line}:${p.column}: ${p.field}: ${p.message}; fix: ${p.fix}`;
-}
-
-/** The policy used when no file exists: nothing limited unless XML says so. */
-export function emptyPolicy(file = "(none)"): Policy {
-  return {
-    file,
-    logLevel: "info",
-    strict: false,
-    upload: "shape",
-    leaf: "auto",
-    defaults: {},
-    domains: [],
-    groups: [],
-  };
 }
 
 const Str = Type.String();

@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { processRunner } from "../adapters/exec.js";
-import { loadPolicy } from "../adapters/policy-file.js";
+import { loadPolicy } from "../adapters/policy-load.js";
 import { cachedCapabilities } from "../adapters/probe.js";
 import { collectStatus, statusTable } from "../app/status.js";
 import { formatTable } from "../app/table.js";

@@ -235,10 +235,7 @@ describe("membership problems", () => {
   });
 
   test("metadata naming one group while a selector picks another is a conflict too", () => {
-    const r = resolve(
-      xml("cliff", [{ mac: M2 }], `<vq:qos xmlns:vq="${QOS}" group="solo"/>`),
-      twoGroups,
-    );
+    const r = resolve(xml("cliff", [{ mac: M2 }], `<vq:qos xmlns:vq="${QOS}" group="solo"/>`), twoGroups);
     assert.deepEqual(
       r.problems.map((p) => p.code),
       ["GROUP_CONFLICT"],
@@ -266,7 +263,10 @@ describe("membership problems", () => {
   });
 
   test("an unknown group in a policy rule: GROUP_UNKNOWN", () => {
-    const r = resolve(xml("cliff", [{ mac: M1 }]), `domains:\n  - name: cliff\n    group: nosuch\n${web("")}`);
+    const r = resolve(
+      xml("cliff", [{ mac: M1 }]),
+      `domains:\n  - name: cliff\n    group: nosuch\n${web("")}`,
+    );
     assert.deepEqual(
       r.problems.map((p) => p.code),
       ["GROUP_UNKNOWN"],
@@ -277,17 +277,15 @@ describe("membership problems", () => {
   // BUG (src/core/groups.ts assignGroup): the early return `if (!policy.groups.length && !metadataGroup && ...)`
   // skips the policy rule's `group:`; without any `groups:` the typo is silently ignored (and parsePolicy does
   // not check domain rules' group names either).
-  test(
-    "an unknown group in a policy rule when the policy defines no groups: reported",
-    { todo: "src bug: a rule's unknown `group:` is silently ignored when `groups:` is empty" },
-    () => {
-      const r = resolve(xml("cliff", [{ mac: M1 }]), "domains:\n  - name: cliff\n    group: nosuch\n");
-      assert.deepEqual(
-        r.problems.map((p) => p.code),
-        ["GROUP_UNKNOWN"],
-      );
-    },
-  );
+  test("an unknown group in a policy rule when the policy defines no groups: reported", {
+    todo: "src bug: a rule's unknown `group:` is silently ignored when `groups:` is empty",
+  }, () => {
+    const r = resolve(xml("cliff", [{ mac: M1 }]), "domains:\n  - name: cliff\n    group: nosuch\n");
+    assert.deepEqual(
+      r.problems.map((p) => p.code),
+      ["GROUP_UNKNOWN"],
+    );
+  });
 
   test("a parent group named directly: a problem, interface not grouped", () => {
     const policy = `groups:
@@ -348,17 +346,15 @@ ${extra}`;
 
   // libvirt accepts <inbound floor='...'/> without an average (average is required "unless floor is set").
   // BUG (src/core/resolve.ts fromLibvirt): a rate without average is dropped whole, floor included, silently.
-  test(
-    "libvirt <inbound floor> without an average still gives the floor",
-    { todo: "src bug: fromLibvirt drops a floor-only <inbound>, so the member gets floor 0" },
-    () => {
-      const r = resolve(
-        xml("cliff", [{ mac: M1, inner: bw("floor='1250'") }]),
-        group("    members:\n      - domain: cliff\n"),
-      );
-      assert.equal(limitOf(r)?.floorBitsPerSec, 10 * MBIT);
-    },
-  );
+  test("libvirt <inbound floor> without an average still gives the floor", {
+    todo: "src bug: fromLibvirt drops a floor-only <inbound>, so the member gets floor 0",
+  }, () => {
+    const r = resolve(
+      xml("cliff", [{ mac: M1, inner: bw("floor='1250'") }]),
+      group("    members:\n      - domain: cliff\n"),
+    );
+    assert.equal(limitOf(r)?.floorBitsPerSec, 10 * MBIT);
+  });
 
   test("ceiling: the member's own average/peak, capped by the group's ceiling", () => {
     const members = group("    members:\n      - domain: cliff\n");
@@ -366,7 +362,10 @@ ${extra}`;
     assert.equal(limitOf(small)?.ceilBitsPerSec, 10 * MBIT);
     const peak = resolve(xml("cliff", [{ mac: M1, inner: bw("average='1250' peak='2500'") }]), members);
     assert.equal(limitOf(peak)?.ceilBitsPerSec, 20 * MBIT, "the peak is the ceiling");
-    const big = resolve(xml("cliff", [{ mac: M1, inner: bw("average='12500'", "average='12500'") }]), members);
+    const big = resolve(
+      xml("cliff", [{ mac: M1, inner: bw("average='12500'", "average='12500'") }]),
+      members,
+    );
     assert.equal(limitOf(big)?.ceilBitsPerSec, 30 * MBIT, "capped by the group's inbound");
     assert.equal(limitOf(big, "outbound")?.ceilBitsPerSec, 20 * MBIT, "capped by the group's outbound");
     const none = resolve(xml("cliff", [{ mac: M1 }]), members);
@@ -407,7 +406,11 @@ ${extra}`;
       xml("cliff", [{ mac: M1, inner: bw("average='1250'") }]), // 10 Mbit/s
       group("    memberDefaults:\n      inbound: { floor: 15mbit }\n    members:\n      - domain: cliff\n"),
     );
-    assert.deepEqual(limitOf(r), { floorBitsPerSec: 10 * MBIT, ceilBitsPerSec: 10 * MBIT, burstBytes: undefined });
+    assert.deepEqual(limitOf(r), {
+      floorBitsPerSec: 10 * MBIT,
+      ceilBitsPerSec: 10 * MBIT,
+      burstBytes: undefined,
+    });
   });
 
   test("policy `defaults` are ignored inside a group (the group is the limit)", () => {
