@@ -1,11 +1,25 @@
 // 1. Accuracy: achieved/configured at layer 2, per rate, protocol and direction (one direction at a time).
-import { runTransfers, type Transfer } from "../src/lab/iperf.js";
+
+import { interfaceIfbName } from "../src/core/names.js";
+import { runTransfers, type Transfer, type TransferResult } from "../src/lab/iperf.js";
 import { applyXml, domainXml, removeDomain, uuidFor } from "../test/helpers/netns.js";
-import { type BenchOptions, type BenchResult, between, info, round } from "./common.js";
+import { type BenchOptions, type BenchResult, between, info, nowMs, round } from "./common.js";
 import { kBpsForMbit, withLab } from "./lab.js";
+import { startMonitor } from "./monitor.js";
 
 const RATES_MBIT = [1, 10, 100, 1000];
 const UDP_OVERLOAD = 1.3;
+
+/** What the iperf3 client says it sent (payload), Mbit/s. */
+function senderMbit(r: TransferResult): number | undefined {
+  const client = (
+    r.raw as {
+      client?: { end?: { sum?: { bits_per_second?: number }; sum_sent?: { bits_per_second?: number } } };
+    }
+  )?.client;
+  const bps = client?.end?.sum_sent?.bits_per_second ?? client?.end?.sum?.bits_per_second;
+  return bps === undefined ? undefined : round(bps / 1e6, 3);
+}
 
 export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
   const seconds = opts.quick ? 3 : 6;
@@ -57,6 +71,7 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
         );
       }
       const tcLines = applied.rendered.tc;
+      const ifb = interfaceIfbName(uuid, g.mac);
       for (const protocol of ["tcp", "udp"] as const) {
         for (const direction of ["download", "upload"] as const) {
           const t: Transfer = {
@@ -67,7 +82,18 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
             omitSeconds,
             udpRateBitsPerSec: protocol === "udp" ? mbit * 1e6 * UDP_OVERLOAD : undefined,
           };
-          const [r] = await runTransfers(lab, [t]);
+          const mon = startMonitor({
+            ns: lab.hostNs,
+            dev: direction === "download" ? g.tap : ifb,
+            receiverNs: direction === "download" ? g.ns : lab.peerNs,
+          });
+          const start = nowMs();
+          const [r] = await runTransfers(lab, [t]).finally(() => mon.stop());
+          // iperf3 sends for omit + seconds from shortly after `start`; keep clear of both edges.
+          const side = await mon.report(
+            start + omitSeconds * 1000 + 800,
+            start + (omitSeconds + seconds) * 1000 - 200,
+          );
           const ratio = r.l2BitsPerSec / (mbit * 1e6);
           const row = between(
             `accuracy.${mbit}mbit.${protocol}.${direction}`,
@@ -87,10 +113,20 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
               seconds,
               omitSeconds,
               unshapedL2Mbit: round(baseline[direction] / 1e6, 1),
+              senderMbit: senderMbit(r),
+              shaperOverConfigured:
+                side.shaperL2Mbit === undefined ? undefined : round(side.shaperL2Mbit / mbit, 4),
+              ...side,
               tc: tcLines,
             },
           );
-          opts.log(`  ${row.name}: ${row.value} (${row.pass ? "ok" : "FAIL"})`);
+          const udp =
+            protocol === "udp"
+              ? `, loss ${r.lostPercent?.toFixed(1)}%, rcvbuf drops ${side.udpRcvbufErrors}`
+              : "";
+          opts.log(
+            `  ${row.name}: ${row.value} (${row.pass ? "ok" : "FAIL"}); shaper output ${side.shaperL2Mbit === undefined ? "?" : (side.shaperL2Mbit / mbit).toFixed(4)}x${udp}, CPU busy ${side.cpuBusyPct}% (steal ${side.cpuStealPct}%)`,
+          );
           results.push(row);
         }
       }

@@ -118,7 +118,8 @@ export function admitMembers(
         }
         if (!alive) continue; // the sweep: a member whose tap is gone leaves the tree
         const tk = treeKey(i.group.tree, d);
-        if (!defs.has(i.group.tree)) result.frozen.add(tk);
+        // A group (top or child) gone from the policy while guests still use it: leave that tree alone.
+        if (!i.group.path.every((g) => defs.has(g))) result.frozen.add(tk);
         add(tk, { key, mac: i.mac, domainName: r.domainName, path: i.group.path, limit: { ...m, minor: m.minor } });
       }
     }
@@ -148,7 +149,9 @@ export function admitMembers(
       });
       continue;
     }
-    const minor = c.prev ?? pick(c.d.key, MEMBER_MINORS, used.get(tk) ?? new Set());
+    // A recorded minor is reused only while still free (a member that crashed may have lost it meanwhile).
+    const taken = used.get(tk) ?? new Set<number>();
+    const minor = c.prev !== undefined && !taken.has(c.prev) ? c.prev : pick(c.d.key, MEMBER_MINORS, taken);
     add(tk, { key: c.d.key, mac: c.d.mac, domainName: c.d.domainName, path: c.path, limit: { ...c.m, minor } });
     result.admitted.set(`${c.d.key}|${c.dir}`, minor);
   }
@@ -181,7 +184,8 @@ export function buildGroupTree(
   classes.push({
     classid: `${ROOT_MAJOR}:${minorHex(DEFAULT_MINOR)}`,
     parent: topId,
-    htb: cls(Math.max(topRate / 100, 64_000), topCeil),
+    // A token guarantee only: it borrows what members leave, and adds nothing to the floors admission counts.
+    htb: cls(NO_FLOOR_RATE_BITS, topCeil),
     leaf: defaultLeaf,
     leafHandle: `${minorHex((LEAF_KIND_INDEX[defaultLeaf.kind] << 12) | DEFAULT_MINOR)}:`,
   });

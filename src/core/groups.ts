@@ -8,6 +8,7 @@ import type {
   MemberLimit,
 } from "./model.js";
 import type { Policy, PolicyDirection, PolicyDomainRule, PolicyGroup, PolicyInterfaceRule } from "./policy.js";
+import { libvirtRateToBitsPerSec } from "./units.js";
 
 // Which group an interface belongs to, and its floor and ceiling there. Membership comes from the policy
 // (explicit members, selectors on domain name, libvirt network or bridge, a rule's `group:`) or from the
@@ -54,7 +55,8 @@ export function assignGroup(
   domainRule: PolicyDomainRule | undefined,
   ifaceRule: PolicyInterfaceRule | undefined,
 ): GroupProblem[] {
-  if (!policy.groups.length && !domain.metadataGroup && !domain.metadata.some((m) => m.group)) return [];
+  const anyNamed = domain.metadataGroup || domain.metadata.some((m) => m.group) || domainRule?.group || ifaceRule?.group;
+  if (!policy.groups.length && !anyNamed) return [];
   const byName = new Map(policy.groups.map((g) => [g.name, g]));
   const problems: GroupProblem[] = [];
   const hits = new Map<string, string>();
@@ -107,11 +109,15 @@ export function assignGroup(
   const path = group.parent ? [group.parent, group.name] : [group.name];
   const membership: GroupMembership = { tree: path[0], path, via };
   const entry = group.members.find((m) => memberMatches(m, domain, iface));
+  const meta = domain.metadata.find((m) => m.mac === iface.mac);
   for (const d of ["inbound", "outbound"] as const) {
     const ceil = groupCeil(group, d);
     if (ceil === undefined) continue;
     const top = path.length > 1 ? groupCeil(byName.get(path[0]), d) : undefined;
-    membership[d] = memberLimit(entry?.[d] ?? group.memberDefaults[d], desired[d], Math.min(ceil, top ?? ceil));
+    // libvirt allows a floor without an average (`<inbound floor='...'/>`): it is still the member's guarantee.
+    const xmlFloorKBps = meta?.[d]?.floor ?? iface.bandwidth?.[d]?.floor;
+    const xmlFloor = xmlFloorKBps ? libvirtRateToBitsPerSec(xmlFloorKBps) : undefined;
+    membership[d] = memberLimit(entry?.[d] ?? group.memberDefaults[d], desired[d], Math.min(ceil, top ?? ceil), xmlFloor);
   }
   if (membership.inbound || membership.outbound) desired.group = membership;
   return problems;
@@ -122,11 +128,16 @@ export function assignGroup(
  * limit (a libvirt `floor` in <bandwidth> or metadata counts here), capped by the group's ceiling.
  * Policy `defaults` do not apply inside a group: the group is the member's limit.
  */
-function memberLimit(entry: PolicyDirection | undefined, own: DirectionLimit | undefined, groupCeiling: number): MemberLimit {
+function memberLimit(
+  entry: PolicyDirection | undefined,
+  own: DirectionLimit | undefined,
+  groupCeiling: number,
+  xmlFloor: number | undefined,
+): MemberLimit {
   const e = entry && !entry.unlimited ? entry : undefined;
   const o = own && own.source !== "defaults" ? own : undefined;
   const ownCeil = e?.rateBitsPerSec !== undefined ? Math.max(e.peakBitsPerSec ?? 0, e.rateBitsPerSec) : o?.ceilBitsPerSec;
   const ceil = Math.min(ownCeil ?? groupCeiling, groupCeiling);
-  const floor = Math.min(e?.floorBitsPerSec ?? o?.floorBitsPerSec ?? 0, ceil);
+  const floor = Math.min(e?.floorBitsPerSec ?? o?.floorBitsPerSec ?? xmlFloor ?? 0, ceil);
   return { floorBitsPerSec: floor, ceilBitsPerSec: ceil, burstBytes: e?.burstBytes ?? o?.burstBytes };
 }

@@ -280,10 +280,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     const top = groups.find((g) => g.name === tree && g.parent === undefined);
     if (admission.frozen.has(tk) || (!top && members.length)) {
       keepIfbs.add(name);
-      notes.push({
-        level: "warning",
-        message: `group "${tree}" is no longer in the policy but guests still use it; run \`virtqos apply\` for them`,
-      });
+      const message = `group "${tree}" (or one of its child groups) is no longer in the policy but guests still use it; its tree is left as it is until \`virtqos apply\` runs for them`;
+      if (!notes.some((n) => n.message === message)) notes.push({ level: "warning", message });
       continue;
     }
     if (!top || members.length === 0) continue;
@@ -439,13 +437,20 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
   if (!ours || String(root?.options.default) !== defaultHex) {
     ops.push({ op: "root-replace", dev, defaultMinor: want.defaultMinor, ...tag });
   }
+  // HTB accepts `class replace` under another parent but keeps the old one: a class that moves (a member
+  // moved to another child group) is deleted and created again, with its filters taken off meanwhile.
+  const moved = new Set<string>();
   for (const c of want.classes) {
     const oc = ours ? obs.classes.find((x) => x.classid === c.classid) : undefined;
-    if (!oc || !sameClass(oc, c.htb) || oc.parent !== c.parent) {
+    if (oc && oc.parent !== c.parent) {
+      moved.add(c.classid);
+      ops.push({ op: "class-del", dev, classid: c.classid, ...tag });
+    }
+    if (!oc || moved.has(c.classid) || !sameClass(oc, c.htb)) {
       ops.push({ op: "class-replace", dev, parent: c.parent, classid: c.classid, htb: c.htb, ...tag });
     }
     if (!c.leaf || !c.leafHandle) continue;
-    const ol = ours ? obs.qdiscs.find((q) => q.parent === c.classid) : undefined;
+    const ol = ours && !moved.has(c.classid) ? obs.qdiscs.find((q) => q.parent === c.classid) : undefined;
     if (!ol || !sameLeaf(ol, c.leaf, c.leafHandle)) {
       ops.push({ op: "leaf-replace", dev, parent: c.classid, handle: c.leafHandle, leaf: c.leaf, ...tag });
     }
@@ -466,7 +471,7 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
   const wantFilters = want.filters ?? [];
   for (const f of wantFilters) {
     const o = have.get(f.handle);
-    const same = o && o.flowid === f.flowid && o.link === f.link && o.divisor === f.divisor;
+    const same = o && o.flowid === f.flowid && o.link === f.link && o.divisor === f.divisor && !moved.has(f.flowid ?? "");
     if (same) continue;
     if (o) before.push({ op: "tree-filter-del", dev, prio: GROUP_FILTER_PRIO, handle: f.handle, ...tag });
     after.push({ op: "tree-filter-add", dev, prio: GROUP_FILTER_PRIO, spec: f.spec, ...tag });

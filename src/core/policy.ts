@@ -418,6 +418,17 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
           `"${g.parent}" is itself a child of "${parent.g.parent}"; groups nest one level only`,
           `make "${g.name}" a child of "${parent.g.parent}" or remove the parent of "${g.parent}"`,
         );
+      } else if (
+        (["inbound", "outbound"] as const).some(
+          (d) => g[d] && !g[d].unlimited && (!parent.g[d] || parent.g[d]?.unlimited),
+        )
+      ) {
+        const d = (["inbound", "outbound"] as const).find((x) => g[x] && (!parent.g[x] || parent.g[x]?.unlimited))!;
+        problem(
+          [...path, d],
+          `group "${g.name}" shapes ${d} but its parent "${g.parent}" has no ${d} ceiling`,
+          `add \`${d}: { average: <rate> }\` to "${g.parent}", or remove ${d} from "${g.name}"`,
+        );
       } else if (parent.g.members.length || hasSelector(parent.g)) {
         problem(
           [...path, "parent"],

@@ -274,12 +274,8 @@ describe("membership problems", () => {
     assert.match(r.problems[0].message, /"nosuch"/);
   });
 
-  // BUG (src/core/groups.ts assignGroup): the early return `if (!policy.groups.length && !metadataGroup && ...)`
-  // skips the policy rule's `group:`; without any `groups:` the typo is silently ignored (and parsePolicy does
-  // not check domain rules' group names either).
-  test("an unknown group in a policy rule when the policy defines no groups: reported", {
-    todo: "src bug: a rule's unknown `group:` is silently ignored when `groups:` is empty",
-  }, () => {
+  // Regression: assignGroup's early return used to skip a rule's `group:` when the policy had no `groups:`.
+  test("an unknown group in a policy rule when the policy defines no groups: reported", () => {
     const r = resolve(xml("cliff", [{ mac: M1 }]), "domains:\n  - name: cliff\n    group: nosuch\n");
     assert.deepEqual(
       r.problems.map((p) => p.code),
@@ -345,10 +341,8 @@ ${extra}`;
   });
 
   // libvirt accepts <inbound floor='...'/> without an average (average is required "unless floor is set").
-  // BUG (src/core/resolve.ts fromLibvirt): a rate without average is dropped whole, floor included, silently.
-  test("libvirt <inbound floor> without an average still gives the floor", {
-    todo: "src bug: fromLibvirt drops a floor-only <inbound>, so the member gets floor 0",
-  }, () => {
+  // Regression: a floor-only <inbound> used to be dropped whole, so the member got floor 0.
+  test("libvirt <inbound floor> without an average still gives the floor", () => {
     const r = resolve(
       xml("cliff", [{ mac: M1, inner: bw("floor='1250'") }]),
       group("    members:\n      - domain: cliff\n"),
