@@ -884,8 +884,8 @@ describe("golden: seed 001 as a policy, one domain at a time", () => {
       assert.deepEqual(rateOf("7651:1"), ["7651:", 1e9, 1e9]);
       assert.deepEqual(
         rateOf("7651:2"),
-        ["7651:1", 1e7, 1e9],
-        "unclassified frames: 1% guaranteed, may borrow",
+        ["7651:1", 8000, 1e9],
+        "unclassified frames: a token 8 kbit/s guarantee (outside admission), may borrow",
       );
       const children = classes.filter((l) => / parent 7651:1 classid 7651:(?!2 )/.test(l));
       assert.equal(children.length, 2, "a class per child group, 30 Mbit/s each");
