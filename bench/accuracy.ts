@@ -9,6 +9,7 @@ import { startMonitor } from "./monitor.js";
 
 const RATES_MBIT = [1, 10, 100, 1000];
 const UDP_OVERLOAD = 1.3;
+const UDP_RETRIES = 2;
 
 /** What the iperf3 client says it sent (payload), Mbit/s. */
 function senderMbit(r: TransferResult): number | undefined {
@@ -82,18 +83,47 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
             omitSeconds,
             udpRateBitsPerSec: protocol === "udp" ? mbit * 1e6 * UDP_OVERLOAD : undefined,
           };
-          const mon = startMonitor({
-            ns: lab.hostNs,
-            dev: direction === "download" ? g.tap : ifb,
-            receiverNs: direction === "download" ? g.ns : lab.peerNs,
-          });
-          const start = nowMs();
-          const [r] = await runTransfers(lab, [t]).finally(() => mon.stop());
-          // iperf3 sends for omit + seconds from shortly after `start`; keep clear of both edges.
-          const side = await mon.report(
-            start + omitSeconds * 1000 + 800,
-            start + (omitSeconds + seconds) * 1000 - 200,
-          );
+          const measure = async () => {
+            const mon = startMonitor({
+              ns: lab.hostNs,
+              dev: direction === "download" ? g.tap : ifb,
+              receiverNs: direction === "download" ? g.ns : lab.peerNs,
+            });
+            const start = nowMs();
+            const [r] = await runTransfers(lab, [t]).finally(() => mon.stop());
+            // iperf3 sends for omit + seconds from shortly after `start`; keep clear of both edges.
+            const side = await mon.report(
+              start + omitSeconds * 1000 + 800,
+              start + (omitSeconds + seconds) * 1000 - 200,
+            );
+            return { r, side, ok: Math.abs(r.l2BitsPerSec / (mbit * 1e6) - 1) <= 0.02 };
+          };
+          // A UDP receiver that drops datagrams in its own socket buffer (iperf3 not scheduled in time on a busy
+          // 2-core host) measured the host, not the shaper: such a miss is retried, and every attempt reported.
+          const attempts = [await measure()];
+          while (
+            protocol === "udp" &&
+            attempts.length <= UDP_RETRIES &&
+            attempts.every((a) => !a.ok && (a.side.udpRcvbufErrors ?? 0) > 0)
+          ) {
+            const last = attempts[attempts.length - 1];
+            opts.log(
+              `  ${mbit}mbit.${protocol}.${direction}: ${(last.r.l2BitsPerSec / (mbit * 1e6)).toFixed(4)} with ${last.side.udpRcvbufErrors} datagrams dropped by the receiving socket (shaper output ${((last.side.shaperL2Mbit ?? Number.NaN) / mbit).toFixed(4)}x); retrying`,
+            );
+            attempts.push(await measure());
+          }
+          const chosen = attempts.find((a) => a.ok) ?? attempts[attempts.length - 1];
+          const { r, side } = chosen;
+          const earlierAttempts = attempts
+            .filter((a) => a !== chosen)
+            .map((a) => ({
+              ratio: round(a.r.l2BitsPerSec / (mbit * 1e6), 4),
+              shaperOverConfigured:
+                a.side.shaperL2Mbit === undefined ? undefined : round(a.side.shaperL2Mbit / mbit, 4),
+              lostPercent: a.r.lostPercent,
+              udpRcvbufErrors: a.side.udpRcvbufErrors,
+              cpuBusyPct: a.side.cpuBusyPct,
+            }));
           const ratio = r.l2BitsPerSec / (mbit * 1e6);
           const row = between(
             `accuracy.${mbit}mbit.${protocol}.${direction}`,
@@ -117,6 +147,7 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
               shaperOverConfigured:
                 side.shaperL2Mbit === undefined ? undefined : round(side.shaperL2Mbit / mbit, 4),
               ...side,
+              otherAttempts: earlierAttempts.length ? earlierAttempts : undefined,
               tc: tcLines,
             },
           );

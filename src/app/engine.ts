@@ -70,7 +70,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
     p.problems.unshift(...resolveProblems);
     const rendered = render(p.ops);
     for (const n of p.notes) (n.level === "warning" ? ctx.log.warning : ctx.log.info)(n.message);
-    for (const pr of p.problems) ctx.log.error(`${pr.message}; fix: ${pr.fix}`);
+    for (const pr of p.problems) ctx.log.error(`${pr.code}: ${pr.message}; fix: ${pr.fix}`);
     const result: ReconcileResult = { desired, plan: p, rendered, applied: false, warnings };
     if (req.dryRun) return result;
     if (p.ops.length === 0) {

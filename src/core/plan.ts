@@ -190,6 +190,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     const want: DeviceWant = wants.get(d.dev) ?? { filters: [], owner: d.key };
     wants.set(d.dev, want);
     let ifb: string | undefined;
+    // What is really enforced per direction, for the record (a refused member falls back to its own limit).
+    const applied: { inbound?: DirectionLimit; outbound?: DirectionLimit } = {};
     const recordGroup: GroupMembership | undefined = d.group
       ? { ...d.group, inbound: undefined, outbound: undefined }
       : undefined;
@@ -212,6 +214,7 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
         d[direction] ??
         (m ? { rateBitsPerSec: m.ceilBitsPerSec, ceilBitsPerSec: m.ceilBitsPerSec, mode: "shape", source: "policy" } : undefined);
       if (!limit) continue;
+      applied[direction] = limit;
       if (side === "root") {
         want.tree = treeFor(limit, caps, options.leaf);
         want.treeTag = tag;
@@ -259,8 +262,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
       ifindex: observed.links.get(d.dev)?.ifindex,
       type: d.type,
       swapped: d.swapped,
-      inbound: d.inbound,
-      outbound: d.outbound,
+      inbound: applied.inbound,
+      outbound: applied.outbound,
       ifb,
       group: recordGroup?.inbound || recordGroup?.outbound ? recordGroup : undefined,
     });
