@@ -266,18 +266,22 @@ export function timingRunner(inner: Runner): { runner: Runner; calls: RunnerCall
     calls,
     runner: {
       async run(cmd, args, input) {
-        const t0 = nowMs();
-        const r = await inner.run(cmd, args, input);
-        calls.push({
+        // Recorded in start order (parallel calls finish in any order).
+        const call: RunnerCall = {
           cmd,
           args: args
             .filter((a) => a !== "-n")
             .join(" ")
             .slice(0, 60),
-          ms: round(nowMs() - t0, 1),
-          stdoutKB: round(r.stdout.length / 1024, 1),
+          ms: 0,
+          stdoutKB: 0,
           inputLines: input ? input.split("\n").filter(Boolean).length : 0,
-        });
+        };
+        calls.push(call);
+        const t0 = nowMs();
+        const r = await inner.run(cmd, args, input);
+        call.ms = round(nowMs() - t0, 1);
+        call.stdoutKB = round(r.stdout.length / 1024, 1);
         return r;
       },
     },

@@ -77,9 +77,14 @@ export const ERRORS: Record<string, ErrorInfo> = {
     fix: "Lower floors or raise the group ceiling; the message gives the numbers.",
   },
   GROUP_CONFLICT: {
-    exitCode: EXIT.INVALID_INPUT,
-    summary: "An interface matches more than one group.",
+    exitCode: EXIT.PARTIAL,
+    summary: "An interface matches more than one group (policy selectors, members, metadata); it keeps its own limits.",
     fix: "Narrow the selectors so each interface belongs to one group; the message names both groups.",
+  },
+  GROUP_UNKNOWN: {
+    exitCode: EXIT.PARTIAL,
+    summary: "Metadata or a policy rule names a group the policy does not define, or a parent group (which holds no members).",
+    fix: "Define the group under `groups:`, fix the name, or name one of the parent's child groups.",
   },
   NOT_ENFORCEABLE: {
     exitCode: EXIT.PARTIAL,

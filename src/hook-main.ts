@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { prepareHook, runHook } from "./hook.js";
 
 // Entry point of the installed libvirt hook (/etc/libvirt/hooks/qemu.d/virtqos): argv is
@@ -14,8 +15,14 @@ for (const event of ["uncaughtException", "unhandledRejection"] as const) {
 
 const args = process.argv.slice(2);
 const prepared = await prepareHook(args);
-const chunks: Buffer[] = [];
-for await (const c of process.stdin) chunks.push(c as Buffer);
-const result = await runHook(args, Buffer.concat(chunks).toString("utf8"), { prepared });
+// A plain read of fd 0: libvirt writes the XML and closes the pipe, and setting up process.stdin as a stream
+// costs the hook more start-up time than the read itself.
+let stdin = "";
+try {
+  stdin = readFileSync(0, "utf8");
+} catch {
+  // No stdin (a TTY or closed): the operation decides whether it needed the XML.
+}
+const result = await runHook(args, stdin, { prepared });
 if (result.stdout) process.stdout.write(result.stdout);
 process.exitCode = result.exitCode;

@@ -82,8 +82,19 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       ctx.log.debug(`batch: ${line}`);
     }
     try {
-      await runBatch(ctx.runner, "ip", rendered.ipPre);
-      await runBatch(ctx.runner, "tc", rendered.tc);
+      // tc lines that do not touch a device being created run alongside `ip` creating it: a guest start
+      // waits for the hook, and this saves it one process round trip. Order within each group is kept.
+      const created = new Set(p.ops.filter((o) => o.op === "ifb-add").map((o) => o.dev));
+      const needsNew = (line: string) => [...created].some((dev) => line.includes(` ${dev}`));
+      const early = created.size ? rendered.tc.filter((l) => !needsNew(l)) : [];
+      const late = created.size ? rendered.tc.filter(needsNew) : rendered.tc;
+      const results = await Promise.allSettled([
+        runBatch(ctx.runner, "ip", rendered.ipPre),
+        runBatch(ctx.runner, "tc", early),
+      ]);
+      const rejected = results.find((r) => r.status === "rejected");
+      if (rejected) throw (rejected as PromiseRejectedResult).reason;
+      await runBatch(ctx.runner, "tc", late);
       await runBatch(ctx.runner, "ip", rendered.ipPost);
     } catch (e) {
       const restored = await rollback(ctx, before, p.ops, caps);
