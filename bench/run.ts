@@ -1,4 +1,4 @@
-// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,scale] [--quick] [--full-scale]`, as root.
+// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,groups,scale] [--quick] [--full-scale]`, as root.
 // Prints a table and writes bench/results.json. Exits 0 even when a target is missed: this is a report.
 import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { accuracy } from "./accuracy.js";
 import { type Bench, type BenchResult, errored, removeStaleNamespaces, runAllCleanups } from "./common.js";
 import { firstSecond } from "./first-second.js";
+import { groups } from "./groups.js";
 import { hook } from "./hook.js";
 import { latency } from "./latency.js";
 import { scale } from "./scale.js";
@@ -19,6 +20,7 @@ const BENCHES: Record<string, Bench> = {
   "first-second": firstSecond,
   latency,
   hook,
+  groups,
   scale,
 };
 

@@ -11,7 +11,9 @@ const common = {
   sourcemap: "linked",
   logLevel: "warning",
   // Bundled CommonJS dependencies call require(); give ESM output one.
-  banner: { js: "import { createRequire as __vqCreateRequire } from 'node:module'; const require = __vqCreateRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __vqCreateRequire } from 'node:module'; const require = __vqCreateRequire(import.meta.url);",
+  },
 };
 
 await Promise.all([

@@ -1,4 +1,12 @@
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
@@ -37,7 +45,9 @@ function context(g: Globals, log: Logger) {
 }
 
 function out(g: Globals, json: unknown, text: string): void {
-  process.stdout.write(g.json ? `${JSON.stringify(json, null, 2)}\n` : text.endsWith("\n") ? text : `${text}\n`);
+  process.stdout.write(
+    g.json ? `${JSON.stringify(json, null, 2)}\n` : text.endsWith("\n") ? text : `${text}\n`,
+  );
 }
 
 function readDomains(files: string[]): DomainInfo[] {
@@ -101,7 +111,9 @@ function resultJson(r: ReconcileResult) {
 
 export function buildProgram(): Command {
   const program = new Command("virtqos")
-    .description("Bandwidth control for libvirt/KVM guests. Directions are the guest's: inbound = download, outbound = upload.")
+    .description(
+      "Bandwidth control for libvirt/KVM guests. Directions are the guest's: inbound = download, outbound = upload.",
+    )
     .option("--config <file>", "policy file (default $VIRTQOS_CONFIG or /etc/virtqos/policy.yaml)")
     .option("--run-dir <dir>", "state and lock directory (default $VIRTQOS_RUN_DIR or /run/virtqos)")
     .addOption(new Option("--netns <name>", "act inside this network namespace (tests, lab)").hideHelp())
@@ -110,7 +122,10 @@ export function buildProgram(): Command {
     .exitOverride();
 
   const withLog = (g: Globals) =>
-    createLogger({ level: "info", target: process.env.VIRTQOS_LOG ? logTargetFromEnv() : g.json ? "silent" : "stderr" });
+    createLogger({
+      level: "info",
+      target: process.env.VIRTQOS_LOG ? logTargetFromEnv() : g.json ? "silent" : "stderr",
+    });
 
   for (const [name, dryRun] of [
     ["plan", true],
@@ -146,7 +161,9 @@ export function buildProgram(): Command {
 
   program
     .command("status")
-    .description("every shaped interface: guest, device, direction, configured vs kernel, bytes, drops, overlimits, match")
+    .description(
+      "every shaped interface: guest, device, direction, configured vs kernel, bytes, drops, overlimits, match",
+    )
     .option("--json", "machine-readable output")
     .action(async (opts: { json?: boolean }) => {
       const g: Globals = { ...program.opts(), json: opts.json };
@@ -177,7 +194,9 @@ export function buildProgram(): Command {
       let scope: string[] | "all" = "all";
       if (opts.domain) {
         const want = opts.domain.toLowerCase();
-        const rec = loadRecords(ctx.runDir).find((r) => r.domainName === opts.domain || r.domainUuid === want);
+        const rec = loadRecords(ctx.runDir).find(
+          (r) => r.domainName === opts.domain || r.domainUuid === want,
+        );
         scope = [rec?.domainUuid ?? want];
       }
       const r = await reconcile(ctx, { domains: [], policy: loadPolicy("/nonexistent"), scope, sweep: true });
@@ -188,7 +207,9 @@ export function buildProgram(): Command {
 
   program
     .command("doctor")
-    .description("probe the kernel and iproute2: qdiscs, classifiers, actions, IFB, and which recipe virtqos will use")
+    .description(
+      "probe the kernel and iproute2: qdiscs, classifiers, actions, IFB, and which recipe virtqos will use",
+    )
     .option("--json", "machine-readable output")
     .action(async (opts: { json?: boolean }) => {
       const g: Globals = { ...program.opts(), json: opts.json };
@@ -216,7 +237,8 @@ export function buildProgram(): Command {
         download: `HTB root 7651: on the tap (class 7651:1, burst/cburst from rate) + leaf ${leaf.leaf.kind}`,
         leafReason: leaf.why,
         upload: uploadRecipe,
-        allProtocols: "filters use `protocol all` and HTB's default class: IPv4, IPv6, ARP and others are shaped alike",
+        allProtocols:
+          "filters use `protocol all` and HTB's default class: IPv4, IPv6, ARP and others are shaped alike",
       };
       const ok = report.qdiscs.includes("htb") && report.ifb && report.actions.includes("mirred");
       const text = [
@@ -232,7 +254,9 @@ export function buildProgram(): Command {
         `guest upload (outbound):  ${recipe.upload}`,
         `protocols: ${recipe.allProtocols}`,
         "",
-        ok ? "verdict: virtqos can shape both directions here" : "verdict: PROBLEMS above; see docs/errors.md",
+        ok
+          ? "verdict: virtqos can shape both directions here"
+          : "verdict: PROBLEMS above; see docs/errors.md",
       ].join("\n");
       out(g, { ...report, recipe, ok }, text);
       process.exitCode = ok ? EXIT.OK : EXIT.FAILED;
@@ -242,7 +266,10 @@ export function buildProgram(): Command {
     .command("install-hook")
     .description("install the libvirt qemu hook as /etc/libvirt/hooks/qemu.d/virtqos")
     .option("--hooks-dir <dir>", "libvirt hooks directory", "/etc/libvirt/hooks")
-    .option("--reload", "send SIGHUP to the running libvirtd so it rescans its hooks (running guests are unaffected)")
+    .option(
+      "--reload",
+      "send SIGHUP to the running libvirtd so it rescans its hooks (running guests are unaffected)",
+    )
     .option("--json", "machine-readable output")
     .action((opts: { hooksDir: string; reload?: boolean; json?: boolean }) => {
       const g: Globals = { ...program.opts(), json: opts.json };
@@ -257,7 +284,9 @@ export function buildProgram(): Command {
 
   program
     .command("hook")
-    .description("libvirt hook entry point: virtqos hook qemu <domain> <operation> <sub-operation> <extra> < domain.xml")
+    .description(
+      "libvirt hook entry point: virtqos hook qemu <domain> <operation> <sub-operation> <extra> < domain.xml",
+    )
     .argument("<driver>", "hook driver (qemu)")
     .argument("[args...]", "domain operation sub-operation extra")
     .action(async (driver: string, args: string[]) => {
@@ -270,17 +299,24 @@ export function buildProgram(): Command {
 
   program
     .command("lab")
-    .description("simulated guests in network namespaces, shaped by virtqos through the hook, measured with iperf3")
-    .option("--keep", "leave the namespaces in place for poking around (remove later with `virtqos lab --clean`)")
+    .description(
+      "simulated guests in network namespaces, shaped by virtqos through the hook, measured with iperf3",
+    )
+    .option(
+      "--keep",
+      "leave the namespaces in place for poking around (remove later with `virtqos lab --clean`)",
+    )
     .option("--clean", "remove namespaces left by earlier `--keep` runs and exit")
     .option("--quick", "shorter transfers (for smoke tests)")
     .option("--out <dir>", "where to write results", "lab-output")
     .option("--json", "machine-readable output")
-    .action(async (opts: { keep?: boolean; clean?: boolean; quick?: boolean; out: string; json?: boolean }) => {
-      const { runLab } = await import("./lab/demo.js");
-      const code = await runLab({ ...opts, json: opts.json ?? false });
-      process.exitCode = code;
-    });
+    .action(
+      async (opts: { keep?: boolean; clean?: boolean; quick?: boolean; out: string; json?: boolean }) => {
+        const { runLab } = await import("./lab/demo.js");
+        const code = await runLab({ ...opts, json: opts.json ?? false });
+        process.exitCode = code;
+      },
+    );
 
   return program;
 }
@@ -349,7 +385,9 @@ export async function main(argv: string[]): Promise<number> {
     const info = ERRORS[code];
     const json = argv.includes("--json");
     if (json) {
-      process.stdout.write(`${JSON.stringify({ error: { code: code || "INTERNAL", message: err.message } }, null, 2)}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ error: { code: code || "INTERNAL", message: err.message } }, null, 2)}\n`,
+      );
     } else {
       process.stderr.write(`virtqos: ${code ? `${code}: ` : ""}${err.message}\n`);
       if (info && !(e instanceof PolicyError)) process.stderr.write(`fix: ${info.fix}\n`);

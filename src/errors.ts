@@ -18,7 +18,8 @@ export const EXIT = {
 export const ERRORS: Record<string, ErrorInfo> = {
   POLICY_INVALID: {
     exitCode: EXIT.INVALID_INPUT,
-    summary: "The policy file is not valid YAML or breaks a rule (unit missing, unknown field, floors above a ceiling).",
+    summary:
+      "The policy file is not valid YAML or breaks a rule (unit missing, unknown field, floors above a ceiling).",
     fix: "Each message names file:line:column, the field and the fix. Nothing is applied until the file is valid.",
   },
   DOMAIN_XML_INVALID: {
@@ -33,7 +34,8 @@ export const ERRORS: Record<string, ErrorInfo> = {
   },
   TC_BATCH_FAILED: {
     exitCode: EXIT.FAILED,
-    summary: "tc or ip rejected a line of the batch. The devices touched were restored to their previous state.",
+    summary:
+      "tc or ip rejected a line of the batch. The devices touched were restored to their previous state.",
     fix: "The message quotes the failing line and the kernel's reason; `virtqos doctor` shows missing features.",
   },
   ROLLBACK_INCOMPLETE: {
@@ -73,17 +75,20 @@ export const ERRORS: Record<string, ErrorInfo> = {
   },
   GROUP_ADMISSION: {
     exitCode: EXIT.PARTIAL,
-    summary: "Adding this member would make the group's floors exceed its ceiling; it is shaped without a guarantee.",
+    summary:
+      "Adding this member would make the group's floors exceed its ceiling; it is shaped without a guarantee.",
     fix: "Lower floors or raise the group ceiling; the message gives the numbers.",
   },
   GROUP_CONFLICT: {
     exitCode: EXIT.PARTIAL,
-    summary: "An interface matches more than one group (policy selectors, members, metadata); it keeps its own limits.",
+    summary:
+      "An interface matches more than one group (policy selectors, members, metadata); it keeps its own limits.",
     fix: "Narrow the selectors so each interface belongs to one group; the message names both groups.",
   },
   GROUP_UNKNOWN: {
     exitCode: EXIT.PARTIAL,
-    summary: "Metadata or a policy rule names a group the policy does not define, or a parent group (which holds no members).",
+    summary:
+      "Metadata or a policy rule names a group the policy does not define, or a parent group (which holds no members).",
     fix: "Define the group under `groups:`, fix the name, or name one of the parent's child groups.",
   },
   NOT_ENFORCEABLE: {

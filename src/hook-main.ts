@@ -8,7 +8,9 @@ import { prepareHook, runHook } from "./hook.js";
 // Last line of defence: whatever escapes runHook must not fail a guest start (strict mode is decided inside).
 for (const event of ["uncaughtException", "unhandledRejection"] as const) {
   process.on(event, (e: unknown) => {
-    process.stderr.write(`virtqos: ERROR: hook internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(
+      `virtqos: ERROR: hook internal error: ${e instanceof Error ? e.message : String(e)}\n`,
+    );
     process.exit(0);
   });
 }

@@ -36,7 +36,10 @@ export interface PreparedHook {
  * Take the lock and start the kernel dumps before the XML has even been read: a guest start waits for the
  * hook, and these are its slowest steps. Only for operations that change the kernel.
  */
-export async function prepareHook(args: string[], opts: { netns?: string } = {}): Promise<PreparedHook | undefined> {
+export async function prepareHook(
+  args: string[],
+  opts: { netns?: string } = {},
+): Promise<PreparedHook | undefined> {
   const action = hookAction(args[1] ?? "", args[2] ?? "");
   if (action !== "apply" && action !== "remove") return undefined;
   try {
@@ -68,12 +71,16 @@ export async function runHook(
       strict = policyAsksStrict(file);
       // Removing what virtqos created needs no policy: a broken file must not leave IFBs behind a stopped guest.
       if (action !== "remove") throw e;
-      log.error(`policy ${file} is invalid; removing this guest's shaping anyway: ${(e as Error).message.replace(/\n/g, "; ")}`);
+      log.error(
+        `policy ${file} is invalid; removing this guest's shaping anyway: ${(e as Error).message.replace(/\n/g, "; ")}`,
+      );
       policy = emptyPolicy(file);
     }
     strict = policy.strict;
     log.setLevel(policy.logLevel);
-    log.debug(`hook called: domain=${domainName} operation=${operation} sub-operation=${subOperation} extra=${extra}`);
+    log.debug(
+      `hook called: domain=${domainName} operation=${operation} sub-operation=${subOperation} extra=${extra}`,
+    );
     if (action === "passthrough") return { exitCode: 0, stdout: stdin };
     if (action === "none") return { exitCode: 0, stdout: "" };
     const domain = parseDomainXml(stdin);
@@ -91,7 +98,9 @@ export async function runHook(
     return { exitCode: 0, stdout: "" };
   } catch (e) {
     const err = e as Error & { code?: string };
-    log.error(`hook ${operation} ${subOperation} for guest=${domainName} failed: ${err.message.replace(/\n/g, "; ")}`);
+    log.error(
+      `hook ${operation} ${subOperation} for guest=${domainName} failed: ${err.message.replace(/\n/g, "; ")}`,
+    );
     if (strict) {
       process.stderr.write(`virtqos: ${err.message}\n`);
       return { exitCode: 1, stdout: "" };

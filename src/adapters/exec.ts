@@ -21,7 +21,10 @@ export function processRunner(opts: { netns?: string; timeoutMs?: number } = {})
     run(cmd, args, input) {
       const fullArgs = opts.netns && (cmd === "tc" || cmd === "ip") ? ["-n", opts.netns, ...args] : args;
       return new Promise((resolve, reject) => {
-        const child = spawn(cmd, fullArgs, { stdio: ["pipe", "pipe", "pipe"], timeout: opts.timeoutMs ?? 60_000 });
+        const child = spawn(cmd, fullArgs, {
+          stdio: ["pipe", "pipe", "pipe"],
+          timeout: opts.timeoutMs ?? 60_000,
+        });
         const out: Buffer[] = [];
         const err: Buffer[] = [];
         child.stdout.on("data", (b: Buffer) => out.push(b));

@@ -54,7 +54,9 @@ export async function observe(
   const [linkRes, qdiscRes] = await (opts.base ?? dumpLinksAndQdiscs(runner, opts.stats));
   if (linkRes.code !== 0) throw new Error(`ip link show failed: ${linkRes.stderr.trim()}`);
   if (qdiscRes.code !== 0) throw new Error(`tc qdisc show failed: ${qdiscRes.stderr.trim()}`);
-  const links = new Map<string, ObservedLink>(linksFromJson(JSON.parse(linkRes.stdout || "[]")).map((l) => [l.name, l]));
+  const links = new Map<string, ObservedLink>(
+    linksFromJson(JSON.parse(linkRes.stdout || "[]")).map((l) => [l.name, l]),
+  );
   const qdiscs = qdiscsFromJson(JSON.parse(qdiscRes.stdout || "[]"));
 
   const wanted = new Set<string>(opts.devs);
@@ -76,11 +78,19 @@ export async function observe(
   const devices = new Map<string, ObservedDevice>();
   if (queries.length) {
     const lines = queries.flatMap(observeBatchLines);
-    const res = await runner.run("tc", [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"], `${lines.join("\n")}\n`);
+    const res = await runner.run(
+      "tc",
+      [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"],
+      `${lines.join("\n")}\n`,
+    );
     if (res.code !== 0) {
       // A device vanished between the dumps (a guest stopped): ask again device by device, skipping the gone.
       for (const q of queries) {
-        const one = await runner.run("tc", ["-d", "-j", "-batch", "-"], `${observeBatchLines(q).join("\n")}\n`);
+        const one = await runner.run(
+          "tc",
+          ["-d", "-j", "-batch", "-"],
+          `${observeBatchLines(q).join("\n")}\n`,
+        );
         if (one.code !== 0) continue;
         const part = splitObserveOutput(one.stdout, [q]).get(q.dev);
         if (part) devices.set(q.dev, { ...part, qdiscs: qdiscs.get(q.dev) ?? [] });
@@ -91,12 +101,18 @@ export async function observe(
       }
     }
   }
-  for (const [dev, qs] of qdiscs) if (!devices.has(dev)) devices.set(dev, { dev, qdiscs: qs, classes: [], filters: [] });
+  for (const [dev, qs] of qdiscs)
+    if (!devices.has(dev)) devices.set(dev, { dev, qdiscs: qs, classes: [], filters: [] });
   return { links, devices, records: opts.records };
 }
 
 /** Feed lines to `tc -batch -` or `ip -batch -`. iproute2 stops at the first failing line and says which. */
-export async function runBatch(runner: Runner, tool: "tc" | "ip", lines: string[], force = false): Promise<void> {
+export async function runBatch(
+  runner: Runner,
+  tool: "tc" | "ip",
+  lines: string[],
+  force = false,
+): Promise<void> {
   if (!lines.length) return;
   const args = force ? ["-force", "-batch", "-"] : ["-batch", "-"];
   const res = await runner.run(tool, args, `${lines.join("\n")}\n`);

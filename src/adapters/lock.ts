@@ -64,7 +64,9 @@ async function acquireFileLock(runDir: string, timeoutMs: number): Promise<() =>
       continue;
     }
     if (Date.now() > deadline) {
-      throw new LockTimeoutError(`another virtqos (pid ${owner ?? "?"}) holds ${file} for more than ${timeoutMs} ms`);
+      throw new LockTimeoutError(
+        `another virtqos (pid ${owner ?? "?"}) holds ${file} for more than ${timeoutMs} ms`,
+      );
     }
     await sleep(wait);
     wait = Math.min(wait * 2, 50);

@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { emptyPolicy } from "../core/policy-empty.js";
 import type { Policy } from "../core/policy.js";
+import { emptyPolicy } from "../core/policy-empty.js";
 
 // Reading the policy on the hook's hot path. Parsing YAML and checking it against the schema costs more
 // than the rest of a guest start together, so the validated result is cached in the run directory, keyed

@@ -15,29 +15,72 @@ interface Attempt {
 
 const ATTEMPTS: Attempt[] = [
   { kind: "qdisc", name: "htb", line: (d) => `qdisc add dev ${d} root handle 1: htb default 1` },
-  { kind: "qdisc", name: "htb-class", line: (d) => `class add dev ${d} parent 1: classid 1:1 htb rate 1mbit` },
+  {
+    kind: "qdisc",
+    name: "htb-class",
+    line: (d) => `class add dev ${d} parent 1: classid 1:1 htb rate 1mbit`,
+  },
   { kind: "qdisc", name: "fq_codel", line: (d) => `qdisc replace dev ${d} parent 1:1 handle 10: fq_codel` },
   { kind: "qdisc", name: "sfq", line: (d) => `qdisc replace dev ${d} parent 1:1 handle 11: sfq` },
-  { kind: "qdisc", name: "tbf", line: (d) => `qdisc replace dev ${d} parent 1:1 handle 12: tbf rate 1mbit burst 10k latency 10ms` },
-  { kind: "qdisc", name: "bfifo", line: (d) => `qdisc replace dev ${d} parent 1:1 handle 13: bfifo limit 10000` },
-  { kind: "classifier", name: "u32", line: (d) => `filter add dev ${d} parent 1: prio 1 protocol all u32 match u32 0 0 classid 1:1` },
-  { kind: "classifier", name: "matchall", line: (d) => `filter add dev ${d} parent 1: prio 2 protocol all matchall classid 1:1` },
-  { kind: "classifier", name: "fw", line: (d) => `filter add dev ${d} parent 1: prio 3 protocol all handle 1 fw classid 1:1` },
-  { kind: "classifier", name: "flower", line: (d) => `filter add dev ${d} parent 1: prio 4 protocol all flower classid 1:1` },
-  { kind: "classifier", name: "basic", line: (d) => `filter add dev ${d} parent 1: prio 5 protocol all basic classid 1:1` },
+  {
+    kind: "qdisc",
+    name: "tbf",
+    line: (d) => `qdisc replace dev ${d} parent 1:1 handle 12: tbf rate 1mbit burst 10k latency 10ms`,
+  },
+  {
+    kind: "qdisc",
+    name: "bfifo",
+    line: (d) => `qdisc replace dev ${d} parent 1:1 handle 13: bfifo limit 10000`,
+  },
+  {
+    kind: "classifier",
+    name: "u32",
+    line: (d) => `filter add dev ${d} parent 1: prio 1 protocol all u32 match u32 0 0 classid 1:1`,
+  },
+  {
+    kind: "classifier",
+    name: "matchall",
+    line: (d) => `filter add dev ${d} parent 1: prio 2 protocol all matchall classid 1:1`,
+  },
+  {
+    kind: "classifier",
+    name: "fw",
+    line: (d) => `filter add dev ${d} parent 1: prio 3 protocol all handle 1 fw classid 1:1`,
+  },
+  {
+    kind: "classifier",
+    name: "flower",
+    line: (d) => `filter add dev ${d} parent 1: prio 4 protocol all flower classid 1:1`,
+  },
+  {
+    kind: "classifier",
+    name: "basic",
+    line: (d) => `filter add dev ${d} parent 1: prio 5 protocol all basic classid 1:1`,
+  },
   { kind: "qdisc", name: "clsact", line: (d) => `qdisc add dev ${d} clsact` },
   {
     kind: "action",
     name: "mirred",
-    line: (d) => `filter add dev ${d} ingress prio 6 protocol all u32 match u32 0 0 action mirred egress redirect dev ${d}`,
+    line: (d) =>
+      `filter add dev ${d} ingress prio 6 protocol all u32 match u32 0 0 action mirred egress redirect dev ${d}`,
   },
   {
     kind: "action",
     name: "police",
-    line: (d) => `filter add dev ${d} ingress prio 7 protocol all u32 match u32 0 0 police rate 1mbit burst 10k drop flowid :1`,
+    line: (d) =>
+      `filter add dev ${d} ingress prio 7 protocol all u32 match u32 0 0 police rate 1mbit burst 10k drop flowid :1`,
   },
-  { kind: "action", name: "skbedit", line: (d) => `filter add dev ${d} ingress prio 8 protocol all u32 match u32 0 0 action skbedit priority 1:1` },
-  { kind: "action", name: "gact", line: (d) => `filter add dev ${d} ingress prio 9 protocol all u32 match u32 0 0 action gact pass` },
+  {
+    kind: "action",
+    name: "skbedit",
+    line: (d) =>
+      `filter add dev ${d} ingress prio 8 protocol all u32 match u32 0 0 action skbedit priority 1:1`,
+  },
+  {
+    kind: "action",
+    name: "gact",
+    line: (d) => `filter add dev ${d} ingress prio 9 protocol all u32 match u32 0 0 action gact pass`,
+  },
   { kind: "qdisc", name: "clsact-del", line: (d) => `qdisc del dev ${d} clsact` },
   { kind: "qdisc", name: "ingress", line: (d) => `qdisc add dev ${d} handle ffff: ingress` },
 ];
@@ -78,7 +121,14 @@ export async function probeCapabilities(runner: Runner): Promise<ProbeReport> {
     const errLines = res.stderr.split("\n");
     for (let i = 0; i < errLines.length; i++) {
       const m = /Command failed -:(\d+)/.exec(errLines[i]);
-      if (m) failed.set(Number(m[1]), errLines.slice(Math.max(0, i - 2), i).join(" ").trim());
+      if (m)
+        failed.set(
+          Number(m[1]),
+          errLines
+            .slice(Math.max(0, i - 2), i)
+            .join(" ")
+            .trim(),
+        );
     }
     ATTEMPTS.forEach((a, i) => {
       if (a.name.includes("-")) return;

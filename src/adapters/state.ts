@@ -34,8 +34,15 @@ export function saveRecords(runDir: string, records: DomainRecord[], forget: str
   mkdirSync(dir, { recursive: true });
   for (const r of records) {
     const file = join(dir, `${safe(r.domainUuid)}.json`);
+    const text = `${JSON.stringify(r, null, 2)}\n`;
+    // A no-op apply of 250 domains must not rewrite 250 files (an fsync-heavy rename each on a disk /run).
+    try {
+      if (readFileSync(file, "utf8") === text) continue;
+    } catch {
+      // Not there yet.
+    }
     const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(r, null, 2)}\n`);
+    writeFileSync(tmp, text);
     renameSync(tmp, file);
   }
   for (const uuid of forget) rmSync(join(dir, `${safe(uuid)}.json`), { force: true });

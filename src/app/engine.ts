@@ -1,3 +1,9 @@
+import type { Runner } from "../adapters/exec.js";
+import { type BaseDump, BatchError, observe, runBatch } from "../adapters/kernel.js";
+import { acquireLock } from "../adapters/lock.js";
+import type { Logger } from "../adapters/log.js";
+import { cachedCapabilities } from "../adapters/probe.js";
+import { loadRecords, saveRecords } from "../adapters/state.js";
 import type { DesiredInterface, DirectionLimit, DomainInfo } from "../core/model.js";
 import { type Observed, type Op, type Plan, type PlanProblem, plan, planRestore } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
@@ -6,12 +12,6 @@ import { htbClass } from "../core/recipe.js";
 import { type Rendered, render } from "../core/render.js";
 import { resolveDomain } from "../core/resolve.js";
 import { formatRate, formatSize } from "../core/units.js";
-import type { Runner } from "../adapters/exec.js";
-import { type BaseDump, BatchError, observe, runBatch } from "../adapters/kernel.js";
-import { acquireLock } from "../adapters/lock.js";
-import type { Logger } from "../adapters/log.js";
-import { cachedCapabilities } from "../adapters/probe.js";
-import { loadRecords, saveRecords } from "../adapters/state.js";
 
 // observe() -> plan() -> render() -> apply, under one lock. Everything that can fail after the first change
 // to the kernel is followed by a re-observe and a rollback to what was there before.
@@ -60,7 +60,12 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   try {
     const records = loadRecords(ctx.runDir);
     const devs = desired.flatMap((d) => (d.dev ? [d.dev] : []));
-    const before = await observe(ctx.runner, { devs, records, everything: req.scope === "all", base: ctx.held?.base });
+    const before = await observe(ctx.runner, {
+      devs,
+      records,
+      everything: req.scope === "all",
+      base: ctx.held?.base,
+    });
     const p = plan(desired, before, caps, {
       leaf: req.policy.leaf,
       scope: req.scope,
@@ -78,7 +83,11 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       saveRecords(ctx.runDir, p.records, p.forget);
       return result;
     }
-    for (const line of [...rendered.ipPre.map((l) => `ip ${l}`), ...rendered.tc.map((l) => `tc ${l}`), ...rendered.ipPost.map((l) => `ip ${l}`)]) {
+    for (const line of [
+      ...rendered.ipPre.map((l) => `ip ${l}`),
+      ...rendered.tc.map((l) => `tc ${l}`),
+      ...rendered.ipPost.map((l) => `ip ${l}`),
+    ]) {
       ctx.log.debug(`batch: ${line}`);
     }
     try {
@@ -121,7 +130,12 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
 }
 
 /** Put every device the failed batch may have touched back as `before` had it. Returns whether that worked. */
-async function rollback(ctx: EngineContext, before: Observed, ops: Op[], caps: Capabilities): Promise<boolean> {
+async function rollback(
+  ctx: EngineContext,
+  before: Observed,
+  ops: Op[],
+  caps: Capabilities,
+): Promise<boolean> {
   const devs = new Set(ops.map((o) => o.dev));
   try {
     const after = await observe(ctx.runner, { devs, records: before.records });
@@ -154,7 +168,9 @@ function logApplied(log: Logger, desired: DesiredInterface[], ops: Op[]): void {
     for (const direction of ["inbound", "outbound"] as const) {
       const limit = d[direction];
       if (!limit || !done.has(`${d.key}|${direction}`)) continue;
-      log.info(`tc ${direction} rules applied: tap=${d.dev} guest=${d.domainName} mac=${d.mac} ${describeLimit(limit)}`);
+      log.info(
+        `tc ${direction} rules applied: tap=${d.dev} guest=${d.domainName} mac=${d.mac} ${describeLimit(limit)}`,
+      );
     }
   }
   const removed = new Set(ops.filter((o) => !o.direction && o.op.endsWith("-del")).map((o) => o.dev));

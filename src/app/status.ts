@@ -1,8 +1,8 @@
 import type { Runner } from "../adapters/exec.js";
 import { observe } from "../adapters/kernel.js";
 import { loadRecords } from "../adapters/state.js";
-import type { DesiredInterface, Direction, DomainRecord } from "../core/model.js";
 import { minorHex } from "../core/group-tree.js";
+import type { DesiredInterface, Direction, DomainRecord } from "../core/model.js";
 import { groupIfbName, IFACE_CLASSID, PRIO_REDIRECT, ROOT_MAJOR } from "../core/names.js";
 import { hookFor, plan } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
@@ -24,7 +24,13 @@ export interface StatusRow {
   /** Group path ("host/web") for group members. */
   group?: string;
   /** Group members: rate = their ceiling, floorBitsPerSec = their guarantee. */
-  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; floorBitsPerSec?: number; source: string; mode: string };
+  configured: {
+    rateBitsPerSec: number;
+    ceilBitsPerSec: number;
+    floorBitsPerSec?: number;
+    source: string;
+    mode: string;
+  };
   kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number; floorBitsPerSec?: number; police?: boolean };
   bytes: number;
   packets: number;
@@ -80,7 +86,9 @@ export async function collectStatus(
         const member = i.group?.[direction];
         if (i.group && member?.minor !== undefined) {
           const ifb = groupIfbName(i.group.tree, direction);
-          const cls = observed.devices.get(ifb)?.classes.find((c) => c.classid === `${ROOT_MAJOR}:${minorHex(member.minor!)}`);
+          const cls = observed.devices
+            .get(ifb)
+            ?.classes.find((c) => c.classid === `${ROOT_MAJOR}:${minorHex(member.minor!)}`);
           const exists = !!(i.dev && observed.links.has(i.dev));
           rows.push({
             guest: r.domainName,
@@ -97,7 +105,13 @@ export async function collectStatus(
               source: `group ${i.group.path.join("/")} (${i.group.via})`,
               mode: "shape",
             },
-            kernel: cls ? { rateBitsPerSec: cls.ceilBitsPerSec, ceilBitsPerSec: cls.ceilBitsPerSec, floorBitsPerSec: cls.rateBitsPerSec } : undefined,
+            kernel: cls
+              ? {
+                  rateBitsPerSec: cls.ceilBitsPerSec,
+                  ceilBitsPerSec: cls.ceilBitsPerSec,
+                  floorBitsPerSec: cls.rateBitsPerSec,
+                }
+              : undefined,
             bytes: cls?.stats?.bytes ?? 0,
             packets: cls?.stats?.packets ?? 0,
             drops: cls?.stats?.drops ?? 0,
@@ -115,7 +129,9 @@ export async function collectStatus(
         const dev = enforcedOn ? observed.devices.get(enforcedOn) : undefined;
         const cls = dev?.classes.find((c) => c.classid === IFACE_CLASSID);
         const filter = police
-          ? observed.devices.get(i.dev ?? "")?.filters.find((f) => f.prio === PRIO_REDIRECT && f.hook === "ingress")
+          ? observed.devices
+              .get(i.dev ?? "")
+              ?.filters.find((f) => f.prio === PRIO_REDIRECT && f.hook === "ingress")
           : undefined;
         const exists = !!(i.dev && observed.links.has(i.dev));
         rows.push({
@@ -151,7 +167,18 @@ export async function collectStatus(
 
 export function statusTable(rows: StatusRow[]): string {
   if (!rows.length) return "nothing is shaped by virtqos";
-  const header = ["GUEST", "MAC", "DEV", "DIRECTION", "CONFIGURED", "KERNEL", "BYTES", "DROPS", "OVERLIMITS", "MATCH"];
+  const header = [
+    "GUEST",
+    "MAC",
+    "DEV",
+    "DIRECTION",
+    "CONFIGURED",
+    "KERNEL",
+    "BYTES",
+    "DROPS",
+    "OVERLIMITS",
+    "MATCH",
+  ];
   const rate = (x: { rateBitsPerSec?: number; floorBitsPerSec?: number } | undefined) =>
     x?.rateBitsPerSec
       ? `${formatRate(x.rateBitsPerSec)}${x.floorBitsPerSec !== undefined ? ` (floor ${formatRate(x.floorBitsPerSec)})` : ""}`

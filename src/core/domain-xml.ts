@@ -95,7 +95,9 @@ function parseMetadata(
         continue;
       }
       if (local !== "qos") {
-        warnings.push(`domain ${domain}: <metadata> element <${tag}> in the virtqos namespace is not <qos>; ignored`);
+        warnings.push(
+          `domain ${domain}: <metadata> element <${tag}> in the virtqos namespace is not <qos>; ignored`,
+        );
         continue;
       }
       const p = prefix ? `${prefix}:` : "";
@@ -129,7 +131,9 @@ function rateAttrs(el: Node | undefined, where: string, warnings: string[]): Lib
     const raw = attr(el, key);
     if (raw === undefined) continue;
     if (!/^\d+$/.test(raw.trim())) {
-      warnings.push(`${where}: ${key}="${raw}" is not a whole number (libvirt units: kB/s for rates, KiB for burst); ignored`);
+      warnings.push(
+        `${where}: ${key}="${raw}" is not a whole number (libvirt units: kB/s for rates, KiB for burst); ignored`,
+      );
       continue;
     }
     rate[key] = Number(raw.trim());

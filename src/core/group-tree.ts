@@ -88,7 +88,13 @@ export function admitMembers(
   inScope: (uuid: string) => boolean,
 ): Admission {
   const defs = new Map(groups.map((g) => [g.name, g]));
-  const result: Admission = { members: new Map(), admitted: new Map(), problems: [], notes: [], frozen: new Set() };
+  const result: Admission = {
+    members: new Map(),
+    admitted: new Map(),
+    problems: [],
+    notes: [],
+    frozen: new Set(),
+  };
   const used = new Map<string, Set<number>>();
   const floors = new Map<string, number>();
   const add = (tk: string, m: TreeMember) => {
@@ -120,7 +126,13 @@ export function admitMembers(
         const tk = treeKey(i.group.tree, d);
         // A group (top or child) gone from the policy while guests still use it: leave that tree alone.
         if (!i.group.path.every((g) => defs.has(g))) result.frozen.add(tk);
-        add(tk, { key, mac: i.mac, domainName: r.domainName, path: i.group.path, limit: { ...m, minor: m.minor } });
+        add(tk, {
+          key,
+          mac: i.mac,
+          domainName: r.domainName,
+          path: i.group.path,
+          limit: { ...m, minor: m.minor },
+        });
       }
     }
   }
@@ -152,7 +164,13 @@ export function admitMembers(
     // A recorded minor is reused only while still free (a member that crashed may have lost it meanwhile).
     const taken = used.get(tk) ?? new Set<number>();
     const minor = c.prev !== undefined && !taken.has(c.prev) ? c.prev : pick(c.d.key, MEMBER_MINORS, taken);
-    add(tk, { key: c.d.key, mac: c.d.mac, domainName: c.d.domainName, path: c.path, limit: { ...c.m, minor } });
+    add(tk, {
+      key: c.d.key,
+      mac: c.d.mac,
+      domainName: c.d.domainName,
+      path: c.path,
+      limit: { ...c.m, minor },
+    });
     result.admitted.set(`${c.d.key}|${c.dir}`, minor);
   }
   return result;
@@ -180,7 +198,11 @@ export function buildGroupTree(
   }[] = [];
   const topId = `${ROOT_MAJOR}:1`;
   classes.push({ classid: topId, parent: ROOT_HANDLE, htb: cls(topRate, topCeil) });
-  const defaultLeaf = chooseLeaf(htbClass({ rateBitsPerSec: topCeil, ceilBitsPerSec: topCeil }).ceilBytesPerSec, caps, leafChoice).leaf;
+  const defaultLeaf = chooseLeaf(
+    htbClass({ rateBitsPerSec: topCeil, ceilBitsPerSec: topCeil }).ceilBytesPerSec,
+    caps,
+    leafChoice,
+  ).leaf;
   classes.push({
     classid: `${ROOT_MAJOR}:${minorHex(DEFAULT_MINOR)}`,
     parent: topId,
@@ -191,7 +213,9 @@ export function buildGroupTree(
   });
   const childIds = new Map<string, string>();
   const usedChild = new Set<number>();
-  for (const child of groups.filter((g) => g.parent === top.name).sort((a, b) => a.name.localeCompare(b.name))) {
+  for (const child of groups
+    .filter((g) => g.parent === top.name)
+    .sort((a, b) => a.name.localeCompare(b.name))) {
     const ceil = groupCeil(child, d);
     const rate = groupRate(child, d);
     if (ceil === undefined || rate === undefined) continue;

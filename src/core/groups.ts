@@ -7,7 +7,13 @@ import type {
   GuestInterface,
   MemberLimit,
 } from "./model.js";
-import type { Policy, PolicyDirection, PolicyDomainRule, PolicyGroup, PolicyInterfaceRule } from "./policy.js";
+import type {
+  Policy,
+  PolicyDirection,
+  PolicyDomainRule,
+  PolicyGroup,
+  PolicyInterfaceRule,
+} from "./policy.js";
 import { libvirtRateToBitsPerSec } from "./units.js";
 
 // Which group an interface belongs to, and its floor and ceiling there. Membership comes from the policy
@@ -36,13 +42,21 @@ export function groupRate(g: PolicyGroup, d: Direction): number | undefined {
 }
 
 function glob(pattern: string): RegExp {
-  const escaped = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  const escaped = pattern
+    .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+    .replace(/\*/g, ".*")
+    .replace(/\?/g, ".");
   return new RegExp(`^${escaped}$`);
 }
 
-function memberMatches(m: PolicyGroup["members"][number], domain: DomainInfo, iface: GuestInterface): boolean {
+function memberMatches(
+  m: PolicyGroup["members"][number],
+  domain: DomainInfo,
+  iface: GuestInterface,
+): boolean {
   const who = m.domain.toLowerCase();
-  if (who !== domain.name.toLowerCase() && who.replace(/-/g, "") !== domain.uuid.replace(/-/g, "")) return false;
+  if (who !== domain.name.toLowerCase() && who.replace(/-/g, "") !== domain.uuid.replace(/-/g, ""))
+    return false;
   return m.mac === undefined || m.mac === iface.mac;
 }
 
@@ -55,7 +69,8 @@ export function assignGroup(
   domainRule: PolicyDomainRule | undefined,
   ifaceRule: PolicyInterfaceRule | undefined,
 ): GroupProblem[] {
-  const anyNamed = domain.metadataGroup || domain.metadata.some((m) => m.group) || domainRule?.group || ifaceRule?.group;
+  const anyNamed =
+    domain.metadataGroup || domain.metadata.some((m) => m.group) || domainRule?.group || ifaceRule?.group;
   if (!policy.groups.length && !anyNamed) return [];
   const byName = new Map(policy.groups.map((g) => [g.name, g]));
   const problems: GroupProblem[] = [];
@@ -76,13 +91,18 @@ export function assignGroup(
     if (!hits.has(g.name)) hits.set(g.name, via);
   };
   named(ifaceRule?.group ?? domainRule?.group, "the policy's domains section");
-  named(domain.metadata.find((m) => m.mac === iface.mac)?.group ?? domain.metadataGroup, "the domain's <metadata>");
+  named(
+    domain.metadata.find((m) => m.mac === iface.mac)?.group ?? domain.metadataGroup,
+    "the domain's <metadata>",
+  );
   for (const g of policy.groups) {
     if (hits.has(g.name)) continue;
     if (g.members.some((m) => memberMatches(m, domain, iface))) hits.set(g.name, "members");
     else if (g.select.domains?.some((p) => glob(p).test(domain.name))) hits.set(g.name, "select.domains");
-    else if (iface.sourceNetwork && g.select.networks?.includes(iface.sourceNetwork)) hits.set(g.name, "select.networks");
-    else if (iface.sourceBridge && g.select.bridges?.includes(iface.sourceBridge)) hits.set(g.name, "select.bridges");
+    else if (iface.sourceNetwork && g.select.networks?.includes(iface.sourceNetwork))
+      hits.set(g.name, "select.networks");
+    else if (iface.sourceBridge && g.select.bridges?.includes(iface.sourceBridge))
+      hits.set(g.name, "select.bridges");
   }
   if (hits.size === 0) return problems;
   if (hits.size > 1) {
@@ -117,7 +137,12 @@ export function assignGroup(
     // libvirt allows a floor without an average (`<inbound floor='...'/>`): it is still the member's guarantee.
     const xmlFloorKBps = meta?.[d]?.floor ?? iface.bandwidth?.[d]?.floor;
     const xmlFloor = xmlFloorKBps ? libvirtRateToBitsPerSec(xmlFloorKBps) : undefined;
-    membership[d] = memberLimit(entry?.[d] ?? group.memberDefaults[d], desired[d], Math.min(ceil, top ?? ceil), xmlFloor);
+    membership[d] = memberLimit(
+      entry?.[d] ?? group.memberDefaults[d],
+      desired[d],
+      Math.min(ceil, top ?? ceil),
+      xmlFloor,
+    );
   }
   if (membership.inbound || membership.outbound) desired.group = membership;
   return problems;
@@ -136,7 +161,8 @@ function memberLimit(
 ): MemberLimit {
   const e = entry && !entry.unlimited ? entry : undefined;
   const o = own && own.source !== "defaults" ? own : undefined;
-  const ownCeil = e?.rateBitsPerSec !== undefined ? Math.max(e.peakBitsPerSec ?? 0, e.rateBitsPerSec) : o?.ceilBitsPerSec;
+  const ownCeil =
+    e?.rateBitsPerSec !== undefined ? Math.max(e.peakBitsPerSec ?? 0, e.rateBitsPerSec) : o?.ceilBitsPerSec;
   const ceil = Math.min(ownCeil ?? groupCeiling, groupCeiling);
   const floor = Math.min(e?.floorBitsPerSec ?? o?.floorBitsPerSec ?? xmlFloor ?? 0, ceil);
   return { floorBitsPerSec: floor, ceilBitsPerSec: ceil, burstBytes: e?.burstBytes ?? o?.burstBytes };

@@ -197,7 +197,11 @@ export function parseClasses(text: string): ObservedClass[] {
 }
 
 /** One `tc -j filter show` array. Hash-table and per-priority header entries carry no filter and are skipped. */
-export function filtersFromJson(json: unknown, hook: ObservedFilter["hook"], parent?: string): ObservedFilter[] {
+export function filtersFromJson(
+  json: unknown,
+  hook: ObservedFilter["hook"],
+  parent?: string,
+): ObservedFilter[] {
   if (!Array.isArray(json)) return [];
   const out: ObservedFilter[] = [];
   for (const f of json as Record<string, unknown>[]) {
@@ -206,7 +210,8 @@ export function filtersFromJson(json: unknown, hook: ObservedFilter["hook"], par
     const handle = o.fh ?? o.handle;
     const actions = (Array.isArray(o.actions) ? o.actions : []) as Record<string, unknown>[];
     const mirred = actions.find((a) => a.kind === "mirred");
-    const police = actions.find((a) => a.kind === "police") ?? (o.police as Record<string, unknown> | undefined);
+    const police =
+      actions.find((a) => a.kind === "police") ?? (o.police as Record<string, unknown> | undefined);
     const match = o.match as Record<string, unknown> | undefined;
     const entry: ObservedFilter = {
       hook,
@@ -261,7 +266,10 @@ export function observeBatchLines(q: DeviceQuery): string[] {
  * array line (even "[]"), while HTB classes print as text lines that never start with "[": so each filter
  * answer is one line, and class text runs until the next "[" line. iproute2 prints no device names here.
  */
-export function splitObserveOutput(text: string, queries: DeviceQuery[]): Map<string, Omit<ObservedDevice, "qdiscs">> {
+export function splitObserveOutput(
+  text: string,
+  queries: DeviceQuery[],
+): Map<string, Omit<ObservedDevice, "qdiscs">> {
   const lines = text.split("\n");
   let i = 0;
   const takeJson = (): unknown => {

@@ -1,3 +1,4 @@
+import { admitMembers, buildGroupTree, GROUP_FILTER_PRIO, type TreeFilter, treeKey } from "./group-tree.js";
 import type { DesiredInterface, Direction, DirectionLimit, DomainRecord, GroupMembership } from "./model.js";
 import {
   formatIfbAlias,
@@ -20,7 +21,6 @@ import {
   printTcRate,
   sameSize,
 } from "./normalise.js";
-import { admitMembers, buildGroupTree, GROUP_FILTER_PRIO, type TreeFilter, treeKey } from "./group-tree.js";
 import type { LeafChoice, PolicyGroup } from "./policy.js";
 import { type Capabilities, chooseLeaf, type HtbClass, htbClass, type Leaf } from "./recipe.js";
 
@@ -116,10 +116,16 @@ export function isDefaultRoot(q: ObservedQdisc | undefined): boolean {
   return !q || q.handle === "0:" || q.kind === "noqueue";
 }
 
-export const isOurRoot = (q: ObservedQdisc | undefined): boolean => q?.kind === "htb" && q.handle === ROOT_HANDLE;
+export const isOurRoot = (q: ObservedQdisc | undefined): boolean =>
+  q?.kind === "htb" && q.handle === ROOT_HANDLE;
 const isOurPrio = (prio: number) => prio >= PRIO_MIN && prio <= PRIO_MAX;
 // One handle per leaf kind: `qdisc replace` cannot change a qdisc's kind in place, but grafts a new handle.
-export const LEAF_HANDLES: Record<Leaf["kind"], string> = { bfifo: "7652:", sfq: "7653:", fq_codel: "7654:", tbf: "7655:" };
+export const LEAF_HANDLES: Record<Leaf["kind"], string> = {
+  bfifo: "7652:",
+  sfq: "7653:",
+  fq_codel: "7654:",
+  tbf: "7655:",
+};
 
 /** Which kernel hook carries each direction. On a macvtap host RX is the guest's download: they swap. */
 export function hookFor(direction: Direction, swapped: boolean): "root" | "ingress" {
@@ -136,7 +142,9 @@ function treeFor(limit: DirectionLimit, caps: Capabilities, leafChoice: LeafChoi
   const { leaf } = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice);
   return {
     defaultMinor: 1,
-    classes: [{ classid: IFACE_CLASSID, parent: ROOT_HANDLE, htb, leaf, leafHandle: LEAF_HANDLES[leaf.kind] }],
+    classes: [
+      { classid: IFACE_CLASSID, parent: ROOT_HANDLE, htb, leaf, leafHandle: LEAF_HANDLES[leaf.kind] },
+    ],
   };
 }
 
@@ -148,7 +156,12 @@ interface DeviceWant {
   owner?: string;
 }
 
-export function plan(desired: DesiredInterface[], observed: Observed, caps: Capabilities, options: PlanOptions): Plan {
+export function plan(
+  desired: DesiredInterface[],
+  observed: Observed,
+  caps: Capabilities,
+  options: PlanOptions,
+): Plan {
   const problems: PlanProblem[] = [];
   const notes: PlanNote[] = [];
   const wants = new Map<string, DeviceWant>();
@@ -171,8 +184,17 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     const label = `${d.domainName} ${d.mac}${d.dev ? ` (${d.dev})` : ""}`;
     if (d.notEnforceable) {
       if (!d.inbound && !d.outbound && !d.group) continue;
-      notes.push({ level: "warning", iface: d.key, message: `${label}: limits not enforceable: ${d.notEnforceable}` });
-      record.interfaces.push({ mac: d.mac, type: d.type, swapped: d.swapped, notEnforceable: d.notEnforceable });
+      notes.push({
+        level: "warning",
+        iface: d.key,
+        message: `${label}: limits not enforceable: ${d.notEnforceable}`,
+      });
+      record.interfaces.push({
+        mac: d.mac,
+        type: d.type,
+        swapped: d.swapped,
+        notEnforceable: d.notEnforceable,
+      });
       continue;
     }
     if (!d.inbound && !d.outbound && !d.group) {
@@ -212,7 +234,14 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
       const m = d.group?.[direction];
       const limit: DirectionLimit | undefined =
         d[direction] ??
-        (m ? { rateBitsPerSec: m.ceilBitsPerSec, ceilBitsPerSec: m.ceilBitsPerSec, mode: "shape", source: "policy" } : undefined);
+        (m
+          ? {
+              rateBitsPerSec: m.ceilBitsPerSec,
+              ceilBitsPerSec: m.ceilBitsPerSec,
+              mode: "shape",
+              source: "policy",
+            }
+          : undefined);
       if (!limit) continue;
       applied[direction] = limit;
       if (side === "root") {
@@ -253,7 +282,12 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
           tree: treeFor(limit, caps, options.leaf),
           tag,
         });
-        want.filters.push({ hook: "ingress", prio: PRIO_REDIRECT, filter: { action: "redirect", toDev: ifb }, tag });
+        want.filters.push({
+          hook: "ingress",
+          prio: PRIO_REDIRECT,
+          filter: { action: "redirect", toDev: ifb },
+          tag,
+        });
       }
     }
     record.interfaces.push({
@@ -307,7 +341,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
   }
   if (options.scope === "all") {
     for (const [dev, o] of observed.devices) {
-      if (o.qdiscs.some(isOurRoot) || o.filters.some((f) => f.hook !== "class" && isOurPrio(f.prio))) devs.add(dev);
+      if (o.qdiscs.some(isOurRoot) || o.filters.some((f) => f.hook !== "class" && isOurPrio(f.prio)))
+        devs.add(dev);
     }
   }
 
@@ -358,7 +393,8 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
     if ("ops" in tree && "ops" in hooks) {
       main.push(...tree.ops, ...hooks.before, ...hooks.ops, ...hooks.after);
       if (hooks.created) {
-        for (const r of records.values()) for (const i of r.interfaces) if (i.dev === dev) i.createdHook = true;
+        for (const r of records.values())
+          for (const i of r.interfaces) if (i.dev === dev) i.createdHook = true;
       }
     }
   }
@@ -387,10 +423,15 @@ export function plan(desired: DesiredInterface[], observed: Observed, caps: Capa
   // A redirect still pointing at an IFB about to go (its owner's record may be lost, or its tap reused)
   // must go first: the kernel drops everything a redirect to a missing device catches.
   const removedIfbs = new Set(post.filter((o) => o.op === "ifb-del").map((o) => o.dev));
-  const handled = new Set([...main, ...pre].flatMap((o) => (o.op === "filter-del" || o.op === "filter-add" ? [`${o.dev}/${o.hook}/${o.prio}`] : [])));
+  const handled = new Set(
+    [...main, ...pre].flatMap((o) =>
+      o.op === "filter-del" || o.op === "filter-add" ? [`${o.dev}/${o.hook}/${o.prio}`] : [],
+    ),
+  );
   for (const [dev, o] of observed.devices) {
     for (const f of o.filters) {
-      if (f.hook === "class" || !isOurPrio(f.prio) || !f.redirectDev || !removedIfbs.has(f.redirectDev)) continue;
+      if (f.hook === "class" || !isOurPrio(f.prio) || !f.redirectDev || !removedIfbs.has(f.redirectDev))
+        continue;
       const id = `${dev}/${f.hook}/${f.prio}`;
       if (handled.has(id) || !observed.links.has(dev)) continue;
       handled.add(id);
@@ -461,20 +502,30 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
   if (ours) {
     const wanted = new Set(want.classes.map((c) => c.classid));
     // Children before parents: HTB refuses to delete a class that still has children.
-    const stale = obs.classes.filter((c) => !wanted.has(c.classid)).sort((a, b) => depth(b, obs) - depth(a, obs));
+    const stale = obs.classes
+      .filter((c) => !wanted.has(c.classid))
+      .sort((a, b) => depth(b, obs) - depth(a, obs));
     for (const c of stale) ops.push({ op: "class-del", dev, classid: c.classid, ...tag });
   }
   // Filters: stale ones go before classes change (HTB will not delete a class a filter points to),
   // new ones after the classes they point to exist.
   const have = new Map(
-    (ours ? obs.filters.filter((f) => f.hook === "class" && f.prio === GROUP_FILTER_PRIO) : []).map((f) => [f.handle, f]),
+    (ours ? obs.filters.filter((f) => f.hook === "class" && f.prio === GROUP_FILTER_PRIO) : []).map((f) => [
+      f.handle,
+      f,
+    ]),
   );
   const before: Op[] = [];
   const after: Op[] = [];
   const wantFilters = want.filters ?? [];
   for (const f of wantFilters) {
     const o = have.get(f.handle);
-    const same = o && o.flowid === f.flowid && o.link === f.link && o.divisor === f.divisor && !moved.has(f.flowid ?? "");
+    const same =
+      o &&
+      o.flowid === f.flowid &&
+      o.link === f.link &&
+      o.divisor === f.divisor &&
+      !moved.has(f.flowid ?? "");
     if (same) continue;
     if (o) before.push({ op: "tree-filter-del", dev, prio: GROUP_FILTER_PRIO, handle: f.handle, ...tag });
     after.push({ op: "tree-filter-add", dev, prio: GROUP_FILTER_PRIO, spec: f.spec, ...tag });
@@ -585,7 +636,10 @@ function diffHooks(
     } else {
       // u32 node handles (800::800) live in hash tables shared by every u32 filter on the hook, whatever
       // their priority: replacing "by handle" could rewrite someone else's filter. Delete ours by priority.
-      result.ops.push({ op: "filter-del", dev, hook: w.hook, prio: w.prio, ...w.tag }, { op: "filter-add", ...spec });
+      result.ops.push(
+        { op: "filter-del", dev, hook: w.hook, prio: w.prio, ...w.tag },
+        { op: "filter-add", ...spec },
+      );
     }
   }
   const seen = new Set<string>();
@@ -627,7 +681,10 @@ export function treeFromObserved(obs: ObservedDevice | undefined): Tree | undefi
         kind: "tbf",
         rateBytesPerSec: Number(leafQ.options.rate),
         burstBytes: Number(leafQ.options.burst ?? 3028),
-        limitBytes: Math.round((Number(leafQ.options.lat) / 1e6) * Number(leafQ.options.rate) + Number(leafQ.options.burst ?? 3028)),
+        limitBytes: Math.round(
+          (Number(leafQ.options.lat) / 1e6) * Number(leafQ.options.rate) +
+            Number(leafQ.options.burst ?? 3028),
+        ),
       };
     }
     classes.push({
@@ -651,7 +708,12 @@ export function treeFromObserved(obs: ObservedDevice | undefined): Tree | undefi
  * Operations that take the devices a failed batch touched back to how `before` had them: virtqos's own
  * trees and filters as they were, hook qdiscs and IFBs the batch created removed.
  */
-export function planRestore(before: Observed, after: Observed, devs: Iterable<string>, caps: Capabilities): Op[] {
+export function planRestore(
+  before: Observed,
+  after: Observed,
+  devs: Iterable<string>,
+  caps: Capabilities,
+): Op[] {
   const ops: Op[] = [];
   const post: Op[] = [];
   for (const dev of devs) {
@@ -670,7 +732,11 @@ export function planRestore(before: Observed, after: Observed, devs: Iterable<st
         const filter: HookFilter | undefined = f.redirectDev
           ? { action: "redirect", toDev: f.redirectDev }
           : f.police
-            ? { action: "police", rateBytesPerSec: Math.round(f.police.rateBitsPerSec / 8), burstBytes: f.police.burstBytes }
+            ? {
+                action: "police",
+                rateBytesPerSec: Math.round(f.police.rateBitsPerSec / 8),
+                burstBytes: f.police.burstBytes,
+              }
             : undefined;
         return filter ? [{ hook: f.hook as Hook, prio: f.prio, filter, tag: {} }] : [];
       });

@@ -1,6 +1,6 @@
 import { type TSchema, Type } from "@sinclair/typebox";
 import { Value, ValueErrorType } from "@sinclair/typebox/value";
-import { isMap, LineCounter, type Node as YamlNode, parseDocument } from "yaml";
+import { isMap, LineCounter, parseDocument, type Node as YamlNode } from "yaml";
 import { normaliseMac } from "./domain-xml.js";
 import type { UploadMode } from "./model.js";
 import { emptyPolicy } from "./policy-empty.js";
@@ -150,7 +150,11 @@ const GroupSchema = Type.Object(
     ),
     select: Type.Optional(
       Type.Object(
-        { domains: Type.Optional(StrList), networks: Type.Optional(StrList), bridges: Type.Optional(StrList) },
+        {
+          domains: Type.Optional(StrList),
+          networks: Type.Optional(StrList),
+          bridges: Type.Optional(StrList),
+        },
         { additionalProperties: false },
       ),
     ),
@@ -161,7 +165,12 @@ const PolicySchema = Type.Object(
   {
     version: Type.Optional(Type.Literal(1)),
     logLevel: Type.Optional(
-      Type.Union([Type.Literal("debug"), Type.Literal("info"), Type.Literal("warning"), Type.Literal("error")]),
+      Type.Union([
+        Type.Literal("debug"),
+        Type.Literal("info"),
+        Type.Literal("warning"),
+        Type.Literal("error"),
+      ]),
     ),
     strict: Type.Optional(Type.Boolean()),
     upload: Type.Optional(Type.Union([Type.Literal("shape"), Type.Literal("police")])),
@@ -184,9 +193,16 @@ export function parsePolicy(text: string, file: string): Policy {
   const problems: PolicyProblem[] = [];
   const at = (path: Path, atKey = false): { line: number; column: number } => {
     // An unknown field is wrong where its key is ("defualts:"), not on the line of its value.
-    const parent = atKey && path.length ? (path.length === 1 ? doc.contents : doc.getIn(path.slice(0, -1), true)) : undefined;
+    const parent =
+      atKey && path.length
+        ? path.length === 1
+          ? doc.contents
+          : doc.getIn(path.slice(0, -1), true)
+        : undefined;
     if (isMap(parent)) {
-      const pair = parent.items.find((p) => (p.key as { value?: unknown } | null)?.value === path[path.length - 1]);
+      const pair = parent.items.find(
+        (p) => (p.key as { value?: unknown } | null)?.value === path[path.length - 1],
+      );
       const keyRange = (pair?.key as YamlNode | null)?.range;
       if (keyRange) {
         const pos = lineCounter.linePos(keyRange[0]);
@@ -219,7 +235,11 @@ export function parsePolicy(text: string, file: string): Policy {
   if (problems.length) throw new PolicyError(problems);
   if (doc.contents === null) return emptyPolicy(file);
   if (!isMap(doc.contents)) {
-    problem([], "the policy file must be a mapping", "start with keys such as `defaults:`, `domains:`, `groups:`");
+    problem(
+      [],
+      "the policy file must be a mapping",
+      "start with keys such as `defaults:`, `domains:`, `groups:`",
+    );
     throw new PolicyError(problems);
   }
 
@@ -243,7 +263,8 @@ export function parsePolicy(text: string, file: string): Policy {
       if (v[key] === undefined) return undefined;
       try {
         const bits = parseRate(v[key] as string | number);
-        if (bits <= 0) problem([...path, key], "must be greater than zero", "write a positive rate, e.g. 10mbit");
+        if (bits <= 0)
+          problem([...path, key], "must be greater than zero", "write a positive rate, e.g. 10mbit");
         return bits;
       } catch (e) {
         if (e instanceof UnitError) problem([...path, key], e.message, e.fix);
@@ -276,7 +297,11 @@ export function parsePolicy(text: string, file: string): Policy {
       out.mode = v.mode as UploadMode;
     }
     if (out.peakBitsPerSec !== undefined && out.rateBitsPerSec === undefined) {
-      problem(path, "peak is set without average", "add `average`, the long-term rate the peak falls back to");
+      problem(
+        path,
+        "peak is set without average",
+        "add `average`, the long-term rate the peak falls back to",
+      );
     }
     if (
       out.peakBitsPerSec !== undefined &&
@@ -290,7 +315,11 @@ export function parsePolicy(text: string, file: string): Policy {
       out.rateBitsPerSec !== undefined &&
       out.floorBitsPerSec > out.rateBitsPerSec
     ) {
-      problem([...path, "floor"], "is higher than average", "a guarantee cannot exceed the member's own ceiling");
+      problem(
+        [...path, "floor"],
+        "is higher than average",
+        "a guarantee cannot exceed the member's own ceiling",
+      );
     }
     return out;
   };
@@ -322,7 +351,8 @@ export function parsePolicy(text: string, file: string): Policy {
   const domains = (obj.domains as Record<string, unknown>[] | undefined) ?? [];
   domains.forEach((d, i) => {
     const path: Path = ["domains", i];
-    if (!d.name && !d.uuid) problem(path, "has neither name nor uuid", "add `name: <domain name>` or `uuid: <uuid>`");
+    if (!d.name && !d.uuid)
+      problem(path, "has neither name nor uuid", "add `name: <domain name>` or `uuid: <uuid>`");
     if (d.uuid !== undefined && !isUuid(d.uuid as string)) {
       problem([...path, "uuid"], `"${d.uuid}" is not a UUID`, "copy it from `virsh domuuid <domain>`");
     }
@@ -335,7 +365,11 @@ export function parsePolicy(text: string, file: string): Policy {
         problem([...ipath, "mac"], `"${ifr.mac}" is not a MAC address`, 'write it as "52:54:00:12:34:56"');
       }
       if (ifr.mac === undefined && ifr.target === undefined && ifr.alias === undefined) {
-        problem(ipath, "matches no interface", "add one of `mac`, `target` (host device) or `alias` (e.g. net0)");
+        problem(
+          ipath,
+          "matches no interface",
+          "add one of `mac`, `target` (host device) or `alias` (e.g. net0)",
+        );
       }
       return {
         mac,
@@ -362,10 +396,18 @@ export function parsePolicy(text: string, file: string): Policy {
     const path: Path = ["groups", i];
     const name = g.name as string;
     if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) {
-      problem([...path, "name"], `"${name}" is not a valid group name`, "use 1-64 letters, digits, '.', '_' or '-'");
+      problem(
+        [...path, "name"],
+        `"${name}" is not a valid group name`,
+        "use 1-64 letters, digits, '.', '_' or '-'",
+      );
     }
     if (seen.has(name)) {
-      problem([...path, "name"], `group "${name}" is defined twice`, `rename it or merge it with groups[${seen.get(name)}]`);
+      problem(
+        [...path, "name"],
+        `group "${name}" is defined twice`,
+        `rename it or merge it with groups[${seen.get(name)}]`,
+      );
     }
     seen.set(name, i);
     const members = ((g.members as Record<string, unknown>[] | undefined) ?? []).map((m, j) => {
@@ -377,7 +419,8 @@ export function parsePolicy(text: string, file: string): Policy {
       return { domain: m.domain as string, mac, ...directions(m, mpath), line: at(mpath).line };
     });
     const sel = (g.select as Record<string, unknown> | undefined) ?? {};
-    const strList = (v: unknown) => (v === undefined ? undefined : Array.isArray(v) ? (v as string[]) : [v as string]);
+    const strList = (v: unknown) =>
+      v === undefined ? undefined : Array.isArray(v) ? (v as string[]) : [v as string];
     const md = g.memberDefaults as Record<string, unknown> | undefined;
     policy.groups.push({
       name,
@@ -385,7 +428,11 @@ export function parsePolicy(text: string, file: string): Policy {
       ...directions(g, path),
       memberDefaults: directions(md, [...path, "memberDefaults"]),
       members,
-      select: { domains: strList(sel.domains), networks: strList(sel.networks), bridges: strList(sel.bridges) },
+      select: {
+        domains: strList(sel.domains),
+        networks: strList(sel.networks),
+        bridges: strList(sel.bridges),
+      },
       line: at(path).line,
     });
   });
@@ -406,12 +453,20 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
       }
     }
     if (!g.inbound && !g.outbound) {
-      problem(path, `group "${g.name}" has no ceiling in either direction`, "add `inbound:` and/or `outbound:` with an average");
+      problem(
+        path,
+        `group "${g.name}" has no ceiling in either direction`,
+        "add `inbound:` and/or `outbound:` with an average",
+      );
     }
     if (g.parent !== undefined) {
       const parent = byName.get(g.parent);
       if (!parent) {
-        problem([...path, "parent"], `group "${g.parent}" is not defined`, "define it under `groups:` or remove `parent`");
+        problem(
+          [...path, "parent"],
+          `group "${g.parent}" is not defined`,
+          "define it under `groups:` or remove `parent`",
+        );
       } else if (parent.g.parent !== undefined) {
         problem(
           [...path, "parent"],
@@ -423,7 +478,9 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
           (d) => g[d] && !g[d].unlimited && (!parent.g[d] || parent.g[d]?.unlimited),
         )
       ) {
-        const d = (["inbound", "outbound"] as const).find((x) => g[x] && (!parent.g[x] || parent.g[x]?.unlimited))!;
+        const d = (["inbound", "outbound"] as const).find(
+          (x) => g[x] && (!parent.g[x] || parent.g[x]?.unlimited),
+        )!;
         problem(
           [...path, d],
           `group "${g.name}" shapes ${d} but its parent "${g.parent}" has no ${d} ceiling`,
@@ -443,7 +500,10 @@ function checkGroups(policy: Policy, problem: (path: Path, message: string, fix:
   policy.groups.forEach((g, gi) => {
     g.members.forEach((m, mi) => {
       const clash = seenMembers.find(
-        (o) => o.group !== g.name && o.domain === m.domain && (o.mac === undefined || m.mac === undefined || o.mac === m.mac),
+        (o) =>
+          o.group !== g.name &&
+          o.domain === m.domain &&
+          (o.mac === undefined || m.mac === undefined || o.mac === m.mac),
       );
       if (clash) {
         problem(
@@ -566,7 +626,12 @@ function bestErrors(schema: TSchema, value: unknown): SchemaProblem[] {
     }
     // A failed union also reports its members' errors at deeper paths; the union's message covers them.
     if ([...byPath.keys()].some((p) => key.startsWith(`${p}/`))) continue;
-    byPath.set(key, { path: key, message, fix, unknownField: e.type === ValueErrorType.ObjectAdditionalProperties });
+    byPath.set(key, {
+      path: key,
+      message,
+      fix,
+      unknownField: e.type === ValueErrorType.ObjectAdditionalProperties,
+    });
   }
   return [...byPath.values()];
 }

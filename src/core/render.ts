@@ -1,6 +1,6 @@
+import { ROOT_HANDLE } from "./names.js";
 import type { Op } from "./plan.js";
 import type { Leaf } from "./recipe.js";
-import { ROOT_HANDLE } from "./names.js";
 
 // render(ops) -> the exact lines fed to `ip -batch -` and `tc -batch -`. Rates are written in bit/s that are
 // multiples of 8 so tc's conversion to the kernel's bytes/s is exact; sizes in bytes ("b" is bytes to tc).
@@ -52,7 +52,9 @@ export function renderTc(op: Op): string {
     case "leaf-replace":
       return `qdisc replace dev ${op.dev} parent ${op.parent} handle ${op.handle} ${renderLeaf(op.leaf)}`;
     case "hook-add":
-      return op.kind === "clsact" ? `qdisc add dev ${op.dev} clsact` : `qdisc add dev ${op.dev} handle ffff: ingress`;
+      return op.kind === "clsact"
+        ? `qdisc add dev ${op.dev} clsact`
+        : `qdisc add dev ${op.dev} handle ffff: ingress`;
     case "hook-del":
       return `qdisc del dev ${op.dev} ${op.kind}`;
     case "filter-add":

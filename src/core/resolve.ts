@@ -1,3 +1,4 @@
+import { assignGroup, type GroupProblem } from "./groups.js";
 import type {
   DesiredInterface,
   Direction,
@@ -7,7 +8,6 @@ import type {
   LibvirtRate,
   LimitSource,
 } from "./model.js";
-import { assignGroup, type GroupProblem } from "./groups.js";
 import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy.js";
 import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
 
@@ -43,7 +43,16 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
     const ifaceRule = domainRule?.interfaces.find((r) => matchesInterface(r, iface));
     const meta = domain.metadata.find((m) => m.mac === iface.mac);
     for (const direction of ["inbound", "outbound"] as const) {
-      const limit = resolveDirection(direction, policy, domainRule, ifaceRule, meta?.[direction], iface, warnings, domain);
+      const limit = resolveDirection(
+        direction,
+        policy,
+        domainRule,
+        ifaceRule,
+        meta?.[direction],
+        iface,
+        warnings,
+        domain,
+      );
       if (limit) base[direction] = limit;
     }
     if (base.ovs && (base.inbound?.source === "bandwidth" || base.outbound?.source === "bandwidth")) {
@@ -130,7 +139,8 @@ function fromLibvirt(
   warnings: string[],
 ): DirectionLimit | undefined {
   if (!r.average) {
-    if (r.peak || r.burst) warnings.push(`${where}: peak/burst without average are ignored (libvirt requires average)`);
+    if (r.peak || r.burst)
+      warnings.push(`${where}: peak/burst without average are ignored (libvirt requires average)`);
     return undefined;
   }
   const rate = libvirtRateToBitsPerSec(r.average);

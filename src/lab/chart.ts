@@ -42,11 +42,19 @@ export function renderChart(title: string, panels: Panel[], unit = "Mbit/s"): st
   panels.forEach((p, i) => {
     const top = 30 + i * (PANEL_H + M.top + M.bottom) + M.top;
     const plotW = W - M.left - M.right;
-    const tMax = Math.max(1, ...p.phases.map((ph) => ph.end), ...p.series.flatMap((s) => s.points.map(([t]) => t)));
-    const vMax = Math.max(1, ...p.refLines.map((r) => r.value), ...p.series.flatMap((s) => s.points.map(([, v]) => v))) * 1.15;
+    const tMax = Math.max(
+      1,
+      ...p.phases.map((ph) => ph.end),
+      ...p.series.flatMap((s) => s.points.map(([t]) => t)),
+    );
+    const vMax =
+      Math.max(1, ...p.refLines.map((r) => r.value), ...p.series.flatMap((s) => s.points.map(([, v]) => v))) *
+      1.15;
     const x = (t: number) => M.left + (t / tMax) * plotW;
     const y = (v: number) => top + PANEL_H - (v / vMax) * PANEL_H;
-    parts.push(`<text x="${M.left}" y="${top - 12}" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
+    parts.push(
+      `<text x="${M.left}" y="${top - 12}" font-size="14" font-weight="bold">${esc(p.title)}</text>`,
+    );
     p.phases.forEach((ph, k) => {
       parts.push(
         `<rect x="${x(ph.start)}" y="${top}" width="${Math.max(0, x(ph.end) - x(ph.start))}" height="${PANEL_H}" fill="${k % 2 ? "#f4f4f4" : "#fbfbfb"}"/>`,
@@ -83,7 +91,10 @@ export function renderChart(title: string, panels: Panel[], unit = "Mbit/s"): st
       if (s.points.length) {
         // A gap in the samples (the guest was idle between phases) breaks the line instead of bridging it.
         const d = s.points
-          .map(([t, v], n) => `${n && t - s.points[n - 1][0] <= 0.6 ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`)
+          .map(
+            ([t, v], n) =>
+              `${n && t - s.points[n - 1][0] <= 0.6 ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`,
+          )
           .join(" ");
         parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
       }

@@ -138,7 +138,9 @@ export async function runLab(opts: LabOptions): Promise<number> {
     const xmls = GUESTS.map((p, i) => domainXml(p, lab.guests[i], lab.bridge));
     GUESTS.forEach((p, i) => {
       writeFileSync(join(out, `${p.name}.xml`), xmls[i]);
-      say(`  guest ${p.name}: tap ${lab.guests[i].tap}, limits from ${p.source === "policy" ? "the policy file" : `<${p.source}>`}`);
+      say(
+        `  guest ${p.name}: tap ${lab.guests[i].tap}, limits from ${p.source === "policy" ? "the policy file" : `<${p.source}>`}`,
+      );
     });
 
     say("\nrunning the libvirt hook (start begin, started begin) for each guest, as libvirtd would:");
@@ -146,31 +148,55 @@ export async function runLab(opts: LabOptions): Promise<number> {
       GUESTS.map(async (p, i) => {
         for (const phase of ["start", "started"]) {
           const r = await runHook([p.name, phase, "begin", "-"], xmls[i], { netns: lab.hostNs });
-          if (r.exitCode !== 0 || r.stdout) throw new Error(`hook for ${p.name} ${phase} exited ${r.exitCode}`);
+          if (r.exitCode !== 0 || r.stdout)
+            throw new Error(`hook for ${p.name} ${phase} exited ${r.exitCode}`);
         }
       }),
     );
     const runner = processRunner({ netns: lab.hostNs });
     const caps = await cachedCapabilities(runner, runDir);
-    say(`\nvirtqos status:\n${statusTable(await collectStatus(runner, runDir, caps, loadPolicy(policyFile)))}\n`);
+    say(
+      `\nvirtqos status:\n${statusTable(await collectStatus(runner, runDir, caps, loadPolicy(policyFile)))}\n`,
+    );
 
-    say(`measuring with iperf3 (${seconds} s per run after 1 s of warm-up; TCP then UDP, one direction at a time)...`);
+    say(
+      `measuring with iperf3 (${seconds} s per run after 1 s of warm-up; TCP then UDP, one direction at a time)...`,
+    );
     const rows: Row[] = [];
     for (const [i, p] of GUESTS.entries()) {
       const g = lab.guests[i];
       // One direction at a time: both at once would queue each flow's ACKs behind the other's data.
       const measure = async (protocol: "tcp" | "udp") => {
         const [down] = await runTransfers(lab, [
-          { guest: g, direction: "download", protocol, seconds, omitSeconds: 1, udpRateBitsPerSec: p.inboundBitsPerSec * 1.5 },
+          {
+            guest: g,
+            direction: "download",
+            protocol,
+            seconds,
+            omitSeconds: 1,
+            udpRateBitsPerSec: p.inboundBitsPerSec * 1.5,
+          },
         ]);
         const [up] = await runTransfers(lab, [
-          { guest: g, direction: "upload", protocol, seconds, omitSeconds: 1, udpRateBitsPerSec: p.outboundBitsPerSec * 1.5 },
+          {
+            guest: g,
+            direction: "upload",
+            protocol,
+            seconds,
+            omitSeconds: 1,
+            udpRateBitsPerSec: p.outboundBitsPerSec * 1.5,
+          },
         ]);
         return [down, up];
       };
       const [tcpDown, tcpUp] = await measure("tcp");
       const [udpDown, udpUp] = await measure("udp");
-      const row = (direction: Row["direction"], configured: number, tcp: TransferResult, udp: TransferResult): Row => ({
+      const row = (
+        direction: Row["direction"],
+        configured: number,
+        tcp: TransferResult,
+        udp: TransferResult,
+      ): Row => ({
         guest: p.name,
         source: p.source,
         direction,
@@ -200,7 +226,9 @@ export async function runLab(opts: LabOptions): Promise<number> {
       "\nRates are judged at layer 2, as tc counts them: receiver goodput x 1514/1448 for TCP (MTU 1500, timestamps)\nand x 1442/1400 for UDP (1400-byte payload). iperf3 payload rates are lower by those factors.",
     );
     const worst = Math.max(
-      ...rows.flatMap((r) => [r.tcpL2BitsPerSec, r.udpL2BitsPerSec].map((x) => Math.abs(x / r.configuredBitsPerSec - 1))),
+      ...rows.flatMap((r) =>
+        [r.tcpL2BitsPerSec, r.udpL2BitsPerSec].map((x) => Math.abs(x / r.configuredBitsPerSec - 1)),
+      ),
     );
     const verdict = worst <= 0.05 ? "PASS" : "FAIL";
     say(`verdict: ${verdict} (largest deviation ${(worst * 100).toFixed(1)}%, allowed 5%)`);
@@ -216,13 +244,21 @@ export async function runLab(opts: LabOptions): Promise<number> {
       }
     }
     const left = await run("ip", ["-n", lab.hostNs, "-j", "link", "show", "type", "ifb"]);
-    const leftIfbs = (JSON.parse(left.stdout || "[]") as { ifname: string }[]).filter((l) => l.ifname.startsWith("vq"));
-    say(leftIfbs.length ? `LEAK: ${leftIfbs.map((l) => l.ifname).join(", ")}` : "cleanup: no virtqos device or qdisc left");
+    const leftIfbs = (JSON.parse(left.stdout || "[]") as { ifname: string }[]).filter((l) =>
+      l.ifname.startsWith("vq"),
+    );
+    say(
+      leftIfbs.length
+        ? `LEAK: ${leftIfbs.map((l) => l.ifname).join(", ")}`
+        : "cleanup: no virtqos device or qdisc left",
+    );
     if (leftIfbs.length) exitCode = 1;
 
     // Part two: seed 001's groups, phase by phase, with a chart.
     const groups = await runGroupsDemo({ out, quick: opts.quick, say });
-    say(`groups verdict: ${groups.ok ? "PASS" : "FAIL"} (every guest within 10% of its guarantee or ceiling at the end of each phase)`);
+    say(
+      `groups verdict: ${groups.ok ? "PASS" : "FAIL"} (every guest within 10% of its guarantee or ceiling at the end of each phase)`,
+    );
     if (!groups.ok) exitCode = 1;
 
     const results = {
@@ -236,9 +272,12 @@ export async function runLab(opts: LabOptions): Promise<number> {
     if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     say(`results written to ${join(out, "results.json")}`);
     if (opts.keep) {
-      say(`\n--keep: namespaces left in place (${lab.hostNs}, ${lab.peerNs}, vqg-*); remove them with \`virtqos lab --clean\``);
+      say(
+        `\n--keep: namespaces left in place (${lab.hostNs}, ${lab.peerNs}, vqg-*); remove them with \`virtqos lab --clean\``,
+      );
       // Re-apply so there is something to poke at.
-      for (const [i, p] of GUESTS.entries()) await runHook([p.name, "start", "begin", "-"], xmls[i], { netns: lab.hostNs });
+      for (const [i, p] of GUESTS.entries())
+        await runHook([p.name, "start", "begin", "-"], xmls[i], { netns: lab.hostNs });
     }
   } finally {
     if (!opts.keep) await lab.destroy();

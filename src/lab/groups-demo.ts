@@ -85,8 +85,16 @@ export async function runGroupsDemo(opts: {
       if (r.exitCode !== 0) throw new Error(`hook ${op} ${sub} for ${name} exited ${r.exitCode}`);
     }
   };
-  const start = (name: string) => hook(name, [["start", "begin"], ["started", "begin"]]);
-  const stop = (name: string) => hook(name, [["stopped", "end"], ["release", "end"]]);
+  const start = (name: string) =>
+    hook(name, [
+      ["start", "begin"],
+      ["started", "begin"],
+    ]);
+  const stop = (name: string) =>
+    hook(name, [
+      ["stopped", "end"],
+      ["release", "end"],
+    ]);
   const results: PhaseResult[] = [];
   const panels: Parameters<typeof renderChart>[1] = [];
   try {
@@ -111,7 +119,13 @@ export async function runGroupsDemo(opts: {
         const mainSeconds = during ? seconds + 1 : seconds;
         const main = runTransfers(
           lab,
-          busy.map((n) => ({ guest: guest[n], direction, protocol: "tcp" as const, seconds: mainSeconds, intervalSeconds: 0.25 })),
+          busy.map((n) => ({
+            guest: guest[n],
+            direction,
+            protocol: "tcp" as const,
+            seconds: mainSeconds,
+            intervalSeconds: 0.25,
+          })),
         );
         let late: Promise<TransferResult[]> | undefined;
         let lateOffset = 0;
@@ -131,7 +145,7 @@ export async function runGroupsDemo(opts: {
         }
         const res = await main;
         const lateRes = late ? await late : [];
-        busy.forEach((n, k) => record(n, clock, res[k]));
+        for (const [k, n] of busy.entries()) record(n, clock, res[k]);
         if (during && lateRes[0]) record(during.thenBusy, clock + lateOffset, lateRes[0]);
         // Judge each guest on its last second, when the phase has settled (a join needs a moment).
         const settled = (r: TransferResult) => {
@@ -141,10 +155,21 @@ export async function runGroupsDemo(opts: {
         // The busy guest is judged over the newcomer's last second too (its own ends one second later).
         const window = (r: TransferResult) =>
           during && lateRes[0]
-            ? { ...r, intervals: r.intervals.filter((iv) => iv.endSec <= lateOffset + (lateRes[0].intervals.at(-1)?.endSec ?? 0) + 0.3) }
+            ? {
+                ...r,
+                intervals: r.intervals.filter(
+                  (iv) => iv.endSec <= lateOffset + (lateRes[0].intervals.at(-1)?.endSec ?? 0) + 0.3,
+                ),
+              }
             : r;
         busy.forEach((n, k) => {
-          results.push({ phase: label, direction, guest: n, expectedBitsPerSec: expected[n], measuredBitsPerSec: settled(window(res[k])) });
+          results.push({
+            phase: label,
+            direction,
+            guest: n,
+            expectedBitsPerSec: expected[n],
+            measuredBitsPerSec: settled(window(res[k])),
+          });
         });
         if (during && lateRes[0]) {
           results.push({
@@ -158,16 +183,23 @@ export async function runGroupsDemo(opts: {
         phases.push({ label, start: clock, end: clock + mainSeconds });
         clock += mainSeconds + 0.5;
       };
-      say(`measuring ${direction} (guest ${direction === "download" ? "inbound" : "outbound"}), phase by phase...`);
+      say(
+        `measuring ${direction} (guest ${direction === "download" ? "inbound" : "outbound"}), phase by phase...`,
+      );
       await phase("jason alone", ["jason"], { jason: 30e6 });
       await phase("all three busy", ["cliff", "rob", "jason"], { cliff: 15e6, rob: 15e6, jason: 30e6 });
       await phase("cliff alone (borrows)", ["cliff"], { cliff: 30e6 });
       await stop("rob");
-      await phase("rob joins while cliff is busy", ["cliff"], { cliff: 15e6, rob: 15e6 }, {
-        afterSeconds: opts.quick ? 1 : 2,
-        action: () => start("rob"),
-        thenBusy: "rob",
-      });
+      await phase(
+        "rob joins while cliff is busy",
+        ["cliff"],
+        { cliff: 15e6, rob: 15e6 },
+        {
+          afterSeconds: opts.quick ? 1 : 2,
+          action: () => start("rob"),
+          thenBusy: "rob",
+        },
+      );
       panels.push({
         title: `guest ${direction} (${direction === "download" ? "inbound" : "outbound"}), layer-2 rate per guest, 250 ms samples`,
         series: GUESTS.map((g): Series => ({ name: g.name, color: g.color, points: series[g.name] })),
@@ -185,7 +217,13 @@ export async function runGroupsDemo(opts: {
     else process.env.VIRTQOS_CONFIG = previousConfig;
   }
   const chart = join(opts.out, "groups.svg");
-  writeFileSync(chart, renderChart("virtqos lab: seed 001 groups (cliff + rob share 30 Mbit/s, 15 guaranteed each; jason 30 alone)", panels));
+  writeFileSync(
+    chart,
+    renderChart(
+      "virtqos lab: seed 001 groups (cliff + rob share 30 Mbit/s, 15 guaranteed each; jason 30 alone)",
+      panels,
+    ),
+  );
   // Guarantees and ceilings: a member within 10% of what it should get at the end of a phase passes.
   let ok = true;
   const rows = results.map((r) => {
@@ -202,7 +240,9 @@ export async function runGroupsDemo(opts: {
       pass ? "ok" : "OFF",
     ];
   });
-  say(`\n${formatTable([["DIRECTION", "PHASE", "GUEST", "EXPECTED", "MEASURED (last 1 s, L2)", "RATIO", ""], ...rows])}`);
+  say(
+    `\n${formatTable([["DIRECTION", "PHASE", "GUEST", "EXPECTED", "MEASURED (last 1 s, L2)", "RATIO", ""], ...rows])}`,
+  );
   say(`chart: ${chart}`);
   return { ok, results, chart };
 }
