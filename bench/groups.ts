@@ -60,7 +60,7 @@ async function classification(opts: BenchOptions): Promise<BenchResult[]> {
     const rates: Record<"small" | "big", number[]> = { small: [], big: [] };
     let applyBigMs = 0;
     let joinMs = 0;
-    const rounds = opts.quick ? 1 : 2;
+    const rounds = opts.quick ? 2 : 4;
     for (let r = 0; r < rounds; r++) {
       for (const size of ["small", "big"] as const) {
         const xmls = size === "small" ? [busyXml, ...small] : [busyXml, ...big];

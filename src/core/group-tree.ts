@@ -240,7 +240,7 @@ export function buildGroupTree(
     if (!parent) continue;
     const id = `${ROOT_MAJOR}:${minorHex(m.limit.minor)}`;
     const htb = cls(m.limit.floorBitsPerSec, m.limit.ceilBitsPerSec, m.limit.burstBytes);
-    const leaf = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice).leaf;
+    const leaf = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice, true).leaf;
     classes.push({
       classid: id,
       parent,

@@ -90,19 +90,29 @@ export interface LeafDecision {
 }
 
 /** fq_codel where the kernel has it, else sfq, else a FIFO bounded by queueing delay, not by packet count. */
-export function chooseLeaf(ceilBytesPerSec: number, caps: Capabilities, choice: LeafChoice): LeafDecision {
+export function chooseLeaf(
+  ceilBytesPerSec: number,
+  caps: Capabilities,
+  choice: LeafChoice,
+  /**
+   * Group members: HTB lends spare capacity among siblings by DRR over whole packets, so a 64 KiB GSO packet
+   * against a quantum of a few KiB makes the split per packet, not per byte (equal, not by floor). A leaf
+   * that splits GSO packets keeps the split proportional to the floors.
+   */
+  segmentGso = false,
+): LeafDecision {
   // A byte FIFO holding ~20 ms of data. Below ~54 Mbit/s that is less than two GSO packets (64 KiB each):
   // a plain bfifo then drops whole GSO packets and TCP falls to ~90% of the limit, while counting packets
   // (pfifo) lets 64 KiB packets queue for 280 ms. TBF splits GSO packets into frames before queueing them,
   // which keeps both the latency bound and TCP at the limit; above the threshold a bfifo is cheaper.
   const fifo = (why: string): LeafDecision => {
     const limitBytes = Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS));
-    if (limitBytes >= 2 * GSO_MAX_BYTES || !caps.qdiscs.includes("tbf")) {
+    if ((limitBytes >= 2 * GSO_MAX_BYTES && !segmentGso) || !caps.qdiscs.includes("tbf")) {
       return { leaf: { kind: "bfifo", limitBytes }, why: `${why}: bfifo of ~20 ms` };
     }
     return {
       leaf: { kind: "tbf", rateBytesPerSec: 2 * ceilBytesPerSec, burstBytes: 2 * FRAME_BYTES, limitBytes },
-      why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (rate below 54 Mbit/s)`,
+      why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (${segmentGso ? "group member: byte-fair borrowing" : "rate below 54 Mbit/s"})`,
     };
   };
   const sfq = (why: string): LeafDecision => ({

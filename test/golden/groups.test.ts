@@ -6,482 +6,27 @@
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { processRunner } from "../../src/adapters/exec.js";
 import { observe } from "../../src/adapters/kernel.js";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import type { GroupProblem } from "../../src/core/groups.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import { fnv1a64, groupIfbName, interfaceIfbName } from "../../src/core/names.js";
-import {
-  filtersFromJson,
-  linksFromJson,
-  type ObservedDevice,
-  parseClasses,
-  printTcRate,
-  qdiscsFromJson,
-} from "../../src/core/normalise.js";
-import { type Observed, type Op, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
+import { type Op, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
 import { emptyPolicy, type Policy, PolicyError, parsePolicy } from "../../src/core/policy.js";
 import { type Rendered, render } from "../../src/core/render.js";
 import { resolveDomain } from "../../src/core/resolve.js";
 import { THIS_KERNEL } from "../helpers/caps.js";
+import { checkLineBasics, FakeKernel, Goldens, lines, UPDATE_GOLDEN } from "../helpers/fake-kernel.js";
 
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
 const EXPECTED = new URL("./expected/", import.meta.url);
 const CAPS = THIS_KERNEL;
 const IS_ROOT = process.getuid?.() === 0;
 
 // ---------------------------------------------------------------------------------------------------------
-// A fake kernel (a trimmed copy of the one in plan.test.ts, which exports nothing) that also knows the group
-// trees' u32 classification filters, with the kernel's rules: a hash table linked from a node cannot be
-// deleted, deleting the last node of a priority removes the whole priority, HTB refuses to delete a class a
-// filter points to. Everything it changes is journaled so the same sequence can be replayed on the real kernel.
-
-interface KQdisc {
-  kind: string;
-  handle: string;
-  parent: string;
-  options: Record<string, unknown>;
-}
-interface KClass {
-  classid: string;
-  parent: string;
-  rate: number;
-  ceil: number;
-  burst: number;
-  cburst: number;
-  quantum: number;
-}
-interface KHookFilter {
-  hook: "ingress" | "egress";
-  prio: number;
-  kind: string;
-  redirectDev?: string;
-}
-/** A u32 object on the root qdisc: a hash table ("100:") or a node ("100:a:1f3", "800::800"). */
-interface KTreeFilter {
-  prio: number;
-  handle: string;
-  divisor?: number;
-  link?: string;
-  flowid?: string;
-  spec: string;
-}
-interface KDev {
-  name: string;
-  ifindex: number;
-  kind?: string;
-  alias?: string;
-  up: boolean;
-  qdiscs: KQdisc[];
-  classes: KClass[];
-  filters: KHookFilter[];
-  tree: KTreeFilter[];
-}
-
-type JournalEntry =
-  | { kind: "link-add"; name: string; ifindex: number }
-  | { kind: "link-del"; name: string }
-  | { kind: "batch"; rendered: Rendered };
-
-class FakeKernel {
-  devs = new Map<string, KDev>();
-  journal: JournalEntry[] = [];
-  private nextIfindex = 11;
-
-  /** A guest's tap (or macvtap): on the real kernel, one end of a veth pair. */
-  addTap(name: string): KDev {
-    const dev: KDev = {
-      name,
-      ifindex: this.nextIfindex++,
-      kind: "tun",
-      up: true,
-      qdiscs: [{ kind: "noqueue", handle: "0:", parent: "root", options: {} }],
-      classes: [],
-      filters: [],
-      tree: [],
-    };
-    this.devs.set(name, dev);
-    this.journal.push({ kind: "link-add", name, ifindex: dev.ifindex });
-    return dev;
-  }
-
-  /** The guest is gone without its release hook: the tap and everything on it vanish. */
-  delTap(name: string): void {
-    this.dev(name);
-    this.devs.delete(name);
-    for (const d of this.devs.values()) {
-      for (const f of d.filters) if (f.redirectDev === name) f.redirectDev = `(gone:${name})`;
-    }
-    this.journal.push({ kind: "link-del", name });
-  }
-
-  private dev(name: string): KDev {
-    const d = this.devs.get(name);
-    if (!d) throw new Error(`Cannot find device "${name}"`);
-    return d;
-  }
-
-  apply(ops: Op[]): void {
-    this.journal.push({ kind: "batch", rendered: render(ops) });
-    for (const op of ops) this.applyOne(op);
-  }
-
-  private applyOne(op: Op): void {
-    switch (op.op) {
-      case "ifb-add":
-        if (this.devs.has(op.dev)) throw new Error(`ifb-add ${op.dev}: File exists`);
-        this.devs.set(op.dev, {
-          name: op.dev,
-          ifindex: this.nextIfindex++,
-          kind: "ifb",
-          alias: op.alias,
-          up: false,
-          qdiscs: [{ kind: "noqueue", handle: "0:", parent: "root", options: {} }],
-          classes: [],
-          filters: [],
-          tree: [],
-        });
-        return;
-      case "link-up":
-        this.dev(op.dev).up = true;
-        return;
-      case "ifb-del":
-        this.dev(op.dev);
-        this.devs.delete(op.dev);
-        for (const d of this.devs.values()) {
-          for (const f of d.filters) if (f.redirectDev === op.dev) f.redirectDev = `(gone:${op.dev})`;
-        }
-        return;
-      case "root-replace": {
-        const d = this.dev(op.dev);
-        const root = d.qdiscs.find((q) => q.parent === "root");
-        const defaultHex = `0x${op.defaultMinor.toString(16)}`;
-        if (root?.handle === "7651:" && root.kind === "htb") {
-          root.options.default = defaultHex;
-        } else {
-          d.qdiscs = [
-            { kind: "htb", handle: "7651:", parent: "root", options: { r2q: 10, default: defaultHex } },
-            ...d.qdiscs.filter((q) => q.parent === "ffff:fff1"),
-          ];
-          d.classes = [];
-          d.tree = [];
-        }
-        return;
-      }
-      case "root-del": {
-        const d = this.dev(op.dev);
-        if (!d.qdiscs.some((q) => q.parent === "root" && q.handle !== "0:"))
-          throw new Error(`root-del ${op.dev}: Cannot delete qdisc with handle of zero`);
-        d.qdiscs = [
-          { kind: "noqueue", handle: "0:", parent: "root", options: {} },
-          ...d.qdiscs.filter((q) => q.parent === "ffff:fff1"),
-        ];
-        d.classes = [];
-        d.tree = [];
-        return;
-      }
-      case "class-replace": {
-        const d = this.dev(op.dev);
-        const parentOk =
-          d.qdiscs.some((q) => q.kind === "htb" && q.handle === op.parent) ||
-          d.classes.some((c) => c.classid === op.parent);
-        if (!parentOk) throw new Error(`class-replace ${op.dev} ${op.classid}: parent ${op.parent} missing`);
-        // The kernel (6.18, checked) accepts `class replace` of an existing class under another parent and keeps
-        // the old parent: only the rates change.
-        const old = d.classes.find((c) => c.classid === op.classid);
-        const k: KClass = {
-          classid: op.classid,
-          parent: old?.parent ?? op.parent,
-          rate: op.htb.rateBytesPerSec,
-          ceil: op.htb.ceilBytesPerSec,
-          burst: op.htb.burstBytes,
-          cburst: op.htb.cburstBytes,
-          quantum: op.htb.quantumBytes,
-        };
-        d.classes = [...d.classes.filter((c) => c.classid !== op.classid), k];
-        return;
-      }
-      case "class-del": {
-        const d = this.dev(op.dev);
-        if (!d.classes.some((c) => c.classid === op.classid))
-          throw new Error(`class-del ${op.classid}: no class`);
-        if (d.classes.some((c) => c.parent === op.classid))
-          throw new Error(`class-del ${op.classid}: has children`);
-        if (d.tree.some((f) => f.flowid === op.classid))
-          throw new Error(`class-del ${op.classid}: HTB class in use`);
-        d.classes = d.classes.filter((c) => c.classid !== op.classid);
-        d.qdiscs = d.qdiscs.filter((q) => q.parent !== op.classid);
-        return;
-      }
-      case "leaf-replace": {
-        const d = this.dev(op.dev);
-        if (!d.classes.some((c) => c.classid === op.parent))
-          throw new Error(`leaf-replace: class ${op.parent} missing`);
-        const l = op.leaf;
-        let options: Record<string, unknown>;
-        if (l.kind === "bfifo") options = { limit: l.limitBytes };
-        else if (l.kind === "tbf")
-          options = {
-            rate: l.rateBytesPerSec,
-            burst: tbfBurstRoundTrip(l.rateBytesPerSec, l.burstBytes),
-            lat: tbfLatency(l.rateBytesPerSec, l.limitBytes, l.burstBytes),
-          };
-        else throw new Error(`leaf ${l.kind} is not in THIS_KERNEL`);
-        const clash = [...d.qdiscs].find((q) => q.handle === op.handle && q.parent !== op.parent);
-        if (clash)
-          throw new Error(`leaf-replace ${op.dev} ${op.handle}: handle in use under ${clash.parent}`);
-        d.qdiscs = [
-          ...d.qdiscs.filter((q) => q.parent !== op.parent),
-          { kind: l.kind, handle: op.handle, parent: op.parent, options },
-        ];
-        return;
-      }
-      case "hook-add": {
-        const d = this.dev(op.dev);
-        if (d.qdiscs.some((q) => q.parent === "ffff:fff1"))
-          throw new Error(`hook-add ${op.dev}: Exclusivity flag on`);
-        d.qdiscs.push({ kind: op.kind, handle: "ffff:", parent: "ffff:fff1", options: {} });
-        return;
-      }
-      case "hook-del": {
-        const d = this.dev(op.dev);
-        if (!d.qdiscs.some((q) => q.parent === "ffff:fff1" && q.kind === op.kind))
-          throw new Error(`hook-del ${op.dev}: no ${op.kind}`);
-        d.qdiscs = d.qdiscs.filter((q) => q.parent !== "ffff:fff1");
-        d.filters = [];
-        return;
-      }
-      case "filter-add":
-      case "filter-replace": {
-        const d = this.dev(op.dev);
-        const hookQ = d.qdiscs.find((q) => q.parent === "ffff:fff1");
-        if (!hookQ) throw new Error(`filter ${op.dev}: Parent Qdisc doesn't exists`);
-        if (op.hook === "egress" && hookQ.kind !== "clsact")
-          throw new Error(`filter ${op.dev} egress needs clsact`);
-        if (op.filter.action !== "redirect") throw new Error("police is not in THIS_KERNEL");
-        if (!this.devs.has(op.filter.toDev))
-          throw new Error(`mirred: Cannot find device "${op.filter.toDev}"`);
-        const same = d.filters.find((f) => f.hook === op.hook && f.prio === op.prio);
-        if (same && same.kind !== op.classifier)
-          throw new Error(`filter ${op.dev}: prio ${op.prio} has another kind`);
-        d.filters = [
-          ...d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio)),
-          { hook: op.hook, prio: op.prio, kind: op.classifier, redirectDev: op.filter.toDev },
-        ];
-        return;
-      }
-      case "filter-del": {
-        const d = this.dev(op.dev);
-        if (!d.filters.some((f) => f.hook === op.hook && f.prio === op.prio))
-          throw new Error(`filter-del ${op.dev} ${op.hook} prio ${op.prio}: not found`);
-        d.filters = d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio));
-        return;
-      }
-      case "tree-filter-add":
-        this.treeFilterAdd(this.dev(op.dev), op.prio, op.spec);
-        return;
-      case "tree-filter-del":
-        this.treeFilterDel(this.dev(op.dev), op.prio, op.handle);
-        return;
-      default:
-        throw new Error(`fake kernel: unknown op ${JSON.stringify(op)}`);
-    }
-  }
-
-  /** `tc filter add dev D parent 7651: prio P protocol all <spec>` for the three u32 forms group trees use. */
-  private treeFilterAdd(d: KDev, prio: number, spec: string): void {
-    if (!d.qdiscs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === "7651:"))
-      throw new Error(`tree filter on ${d.name}: no root 7651:`);
-    const atPrio = d.tree.filter((f) => f.prio === prio);
-    const table = /^handle ([0-9a-f]+:) u32 divisor (\d+)$/.exec(spec);
-    const link =
-      /^u32 ht 800:: match u32 0 0 hashkey mask (0x[0-9a-f]{8}) at (-?\d+) link ([0-9a-f]+:)$/.exec(spec);
-    const node =
-      /^handle ([0-9a-f]+):([0-9a-f]+):([0-9a-f]+) u32 ht ([0-9a-f]+):([0-9a-f]+): match ether (dst|src) ([0-9a-f:]{17}) flowid (7651:[0-9a-f]+)$/.exec(
-        spec,
-      );
-    if (table) {
-      if (atPrio.some((f) => f.handle === table[1])) throw new Error(`u32 ${table[1]}: File exists`);
-      d.tree.push({ prio, handle: table[1], divisor: Number(table[2]), spec });
-    } else if (link) {
-      const target = atPrio.find((f) => f.handle === link[3] && f.divisor !== undefined);
-      if (!target) throw new Error(`u32 link ${link[3]}: Link hash table not found`);
-      // The kernel numbers nodes of 800: from 800 up.
-      let n = 0x800;
-      while (atPrio.some((f) => f.handle === `800::${n.toString(16)}`)) n++;
-      d.tree.push({ prio, handle: `800::${n.toString(16)}`, link: link[3], spec });
-    } else if (node) {
-      const [, ht, bucket, , inHt, inBucket] = node;
-      const handle = `${ht}:${bucket}:${node[3]}`;
-      const table = atPrio.find((f) => f.handle === `${ht}:` && f.divisor !== undefined);
-      if (!table) throw new Error(`u32 ${handle}: hash table ${ht}: not found`);
-      if (ht !== inHt || bucket !== inBucket)
-        throw new Error(`u32 ${handle}: handle not in ht ${inHt}:${inBucket}:`);
-      if (Number.parseInt(bucket, 16) >= (table.divisor ?? 1))
-        throw new Error(`u32 ${handle}: bucket beyond divisor`);
-      if (Number.parseInt(node[3], 16) > 0xfff) throw new Error(`u32 ${handle}: node id over 12 bits`);
-      if (atPrio.some((f) => f.handle === handle)) throw new Error(`u32 ${handle}: File exists`);
-      // Stricter than the kernel (which binds later): the class must exist before a filter points to it.
-      if (!d.classes.some((c) => c.classid === node[8]))
-        throw new Error(`u32 ${handle}: class ${node[8]} missing`);
-      d.tree.push({ prio, handle, flowid: node[8], spec });
-    } else {
-      throw new Error(`fake kernel: unexpected tree filter spec "${spec}"`);
-    }
-  }
-
-  private treeFilterDel(d: KDev, prio: number, handle: string): void {
-    const atPrio = d.tree.filter((f) => f.prio === prio);
-    const f = atPrio.find((x) => x.handle === handle);
-    if (!f) throw new Error(`tree-filter-del ${d.name} ${handle}: Cannot find specified filter chain`);
-    if (f.divisor !== undefined) {
-      if (atPrio.some((x) => x.link === handle))
-        throw new Error(`u32 ${handle}: Can not delete in-use filter`);
-      d.tree = d.tree.filter(
-        (x) => !(x.prio === prio && (x.handle === handle || x.handle.startsWith(handle))),
-      );
-      return;
-    }
-    d.tree = d.tree.filter((x) => x !== f);
-    // The last node of a priority gone: the kernel destroys the priority with its hash tables.
-    if (!d.tree.some((x) => x.prio === prio && x.divisor === undefined))
-      d.tree = d.tree.filter((x) => x.prio !== prio);
-  }
-
-  /** What observe() would produce, through the real parsers in normalise.ts. */
-  observe(records: DomainRecord[]): Observed {
-    const linkJson = [...this.devs.values()].map((d) => ({
-      ifindex: d.ifindex,
-      ifname: d.name,
-      flags: d.up ? ["BROADCAST", "NOARP", "UP", "LOWER_UP"] : ["BROADCAST", "NOARP"],
-      ...(d.alias ? { ifalias: d.alias } : {}),
-      ...(d.kind ? { linkinfo: { info_kind: d.kind } } : {}),
-    }));
-    const links = new Map(linksFromJson(JSON.parse(JSON.stringify(linkJson))).map((l) => [l.name, l]));
-    const qdiscJson = [...this.devs.values()].flatMap((d) =>
-      d.qdiscs.map((q) => ({
-        kind: q.kind,
-        handle: q.handle,
-        dev: d.name,
-        ...(q.parent === "root" ? { root: true } : { parent: q.parent }),
-        options: q.options,
-      })),
-    );
-    const qdiscs = qdiscsFromJson(JSON.parse(JSON.stringify(qdiscJson)));
-    const devices = new Map<string, ObservedDevice>();
-    for (const d of this.devs.values()) {
-      const ours = d.qdiscs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === "7651:");
-      const filters = [
-        ...(["ingress", "egress"] as const).flatMap((hook) =>
-          filtersFromJson(
-            JSON.parse(JSON.stringify(hookFilterJson(d.filters.filter((f) => f.hook === hook)))),
-            hook,
-          ),
-        ),
-        ...(ours
-          ? filtersFromJson(JSON.parse(JSON.stringify(treeFilterJson(d.tree))), "class", "7651:")
-          : []),
-      ];
-      devices.set(d.name, {
-        dev: d.name,
-        qdiscs: qdiscs.get(d.name) ?? [],
-        classes: parseClasses(d.classes.map((c) => classLine(c, d)).join("\n")),
-        filters,
-      });
-    }
-    return { links, devices, records };
-  }
-}
-
-/** tc's sprint_size: "62493b", "64Kb" near a KiB multiple, "1Mb" near a MiB multiple. */
-function tcSizeText(bytes: number): string {
-  if (bytes >= 1024 * 1024 && Math.abs(1024 * 1024 * Math.round(bytes / (1024 * 1024)) - bytes) < 1024)
-    return `${Math.round(bytes / (1024 * 1024))}Mb`;
-  if (bytes >= 1024 && Math.abs(1024 * Math.round(bytes / 1024) - bytes) < 16)
-    return `${Math.round(bytes / 1024)}Kb`;
-  return `${bytes}b`;
-}
-// tc's time units on a 1 GHz hrtimer kernel: 15.625 ticks per µs (see plan.test.ts for the derivations).
-const TICKS_PER_US = 15.625;
-const tick2time = (ticks: number) => Math.floor(ticks / TICKS_PER_US);
-function ticksRoundTrip(bytesPerSec: number, bytes: number): number {
-  const ticks = Math.floor(Math.floor((1e6 * bytes) / bytesPerSec) * TICKS_PER_US);
-  return Math.floor((bytesPerSec * tick2time(ticks)) / 1e6);
-}
-const tbfTicks = (bytesPerSec: number, bytes: number) =>
-  Math.floor(Math.floor((bytes * 1e9) / bytesPerSec) / 64);
-const tbfBurstRoundTrip = (bytesPerSec: number, bytes: number) =>
-  Math.floor((bytesPerSec * tick2time(tbfTicks(bytesPerSec, bytes))) / 1e6);
-const tbfLatency = (bytesPerSec: number, limitBytes: number, burstBytes: number) =>
-  Math.floor((1e6 * limitBytes) / bytesPerSec - tick2time(tbfTicks(bytesPerSec, burstBytes)));
-
-function classLine(c: KClass, d: KDev): string {
-  const leaf = d.qdiscs.find((q) => q.parent === c.classid);
-  const where = c.parent.endsWith(":") ? "root" : `parent ${c.parent}`;
-  return (
-    `class htb ${c.classid} ${where} ${leaf ? `leaf ${leaf.handle} ` : ""}prio 0 quantum ${c.quantum} ` +
-    `rate ${printTcRate(c.rate * 8)} ceil ${printTcRate(c.ceil * 8)} linklayer ethernet ` +
-    `burst ${tcSizeText(ticksRoundTrip(c.rate, c.burst))}/1 mpu 0b cburst ${tcSizeText(ticksRoundTrip(c.ceil, c.cburst))}/1 mpu 0b level 0 \n` +
-    " Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n backlog 0b 0p requeues 0"
-  );
-}
-
-/** `tc -j filter show dev X ingress|egress` for u32 redirects, as iproute2 6.1 prints them. */
-function hookFilterJson(filters: KHookFilter[]): unknown[] {
-  return filters.flatMap((f) => {
-    const head = { protocol: "all", pref: f.prio, kind: f.kind, chain: 0 };
-    const actions = f.redirectDev
-      ? [{ order: 1, kind: "mirred", mirred_action: "redirect", direction: "egress", to_dev: f.redirectDev }]
-      : [];
-    return [
-      head,
-      { ...head, options: { fh: "800:", ht_divisor: 1 } },
-      {
-        ...head,
-        options: { fh: "800::800", order: 2048, key_ht: "800", bkt: "0", not_in_hw: true, actions },
-      },
-    ];
-  });
-}
-
-/** `tc -j filter show dev X parent 7651:` for a group tree, shaped like iproute2 6.1's output on kernel 6.18. */
-function treeFilterJson(tree: KTreeFilter[]): unknown[] {
-  const out: unknown[] = [];
-  for (const prio of new Set(tree.map((f) => f.prio))) {
-    const head = { protocol: "all", pref: prio, kind: "u32", chain: 0 };
-    out.push(head);
-    const here = tree.filter((f) => f.prio === prio);
-    for (const t of here.filter((f) => f.divisor !== undefined)) {
-      out.push({ ...head, options: { fh: t.handle, ht_divisor: t.divisor } });
-      for (const n of here.filter((f) => f.flowid && f.handle.startsWith(t.handle))) {
-        const [ht, bkt, id] = n.handle.split(":");
-        out.push({
-          ...head,
-          options: {
-            fh: n.handle,
-            order: Number.parseInt(id, 16),
-            key_ht: ht,
-            bkt,
-            flowid: n.flowid,
-            not_in_hw: true,
-          },
-        });
-      }
-    }
-    out.push({ ...head, options: { fh: "800:", ht_divisor: 1 } });
-    for (const n of here.filter((f) => f.handle.startsWith("800::"))) {
-      out.push({
-        ...head,
-        options: { fh: n.handle, order: 2048, key_ht: "800", bkt: "0", link: n.link, not_in_hw: true },
-      });
-    }
-  }
-  return out;
-}
+// The fake kernel (test/helpers/fake-kernel.ts, shared with plan.test.ts) knows the group trees' u32
+// classification filters, with the kernel's rules; the journal of each one is replayed on the real kernel below.
 
 describe("fake kernel: the u32 and HTB rules it enforces (as kernel 6.18 does)", () => {
   const k = new FakeKernel();
@@ -619,7 +164,7 @@ interface Step {
 }
 
 class Host {
-  kernel = new FakeKernel();
+  kernel = new FakeKernel({ firstIfindex: 11, caps: CAPS });
   store = new Map<string, DomainRecord>();
   policy: Policy;
 
@@ -702,49 +247,18 @@ function sequence(name: string, host: Host): Host {
 // ---------------------------------------------------------------------------------------------------------
 // Golden files
 
-function lines(r: Rendered): string[] {
-  return [...r.ipPre.map((l) => `ip ${l}`), ...r.tc.map((l) => `tc ${l}`), ...r.ipPost.map((l) => `ip ${l}`)];
-}
-
-const usedGoldens = new Set<string>();
+const goldens = new Goldens(EXPECTED, checkInvariants);
 
 function assertGolden(name: string, r: Rendered): void {
   assert.ok(name.startsWith("group-"), "this file owns group-*.txt only");
-  assert.ok(!usedGoldens.has(name), `golden name ${name} used twice`);
-  usedGoldens.add(name);
-  const got = lines(r);
-  checkInvariants(name, got);
-  const text = got.map((l) => `${l}\n`).join("");
-  const url = new URL(`${name}.txt`, EXPECTED);
-  const path = fileURLToPath(url);
-  if (UPDATE) {
-    mkdirSync(fileURLToPath(EXPECTED), { recursive: true });
-    writeFileSync(url, text);
-    return;
-  }
-  if (!existsSync(path))
-    assert.fail(
-      `golden file ${path} is missing: run with UPDATE_GOLDEN=1 to create it, then review it.\nGot:\n${text}`,
-    );
-  assert.equal(text, readFileSync(url, "utf8"), `output differs from ${path} (UPDATE_GOLDEN=1 rewrites it)`);
+  goldens.check(name, r);
 }
 
 /** Rules every group batch follows. */
 function checkInvariants(name: string, got: string[]): void {
   for (const line of got) {
     const ctx = `${name}: ${line}`;
-    for (const m of line.matchAll(/\bdev (\S+)/g))
-      assert.ok(m[1].length <= 15, `${ctx}: device name too long`);
-    for (const m of line.matchAll(/\b(vq[a-z][0-9a-f]*)\b/g))
-      assert.match(m[1], /^vq[idu][0-9a-f]{12}$/, ctx);
-    for (const m of line.matchAll(/\bc?burst (\d+)b\b/g))
-      assert.ok(Number(m[1]) >= 2 * 1514, `${ctx}: burst`);
-    for (const m of line.matchAll(/\b(?:rate|ceil) (\d+)bit\b/g))
-      assert.equal(Number(m[1]) % 8, 0, `${ctx}: rate`);
-    const rate = /\brate (\d+)bit ceil (\d+)bit/.exec(line);
-    if (rate) assert.ok(Number(rate[2]) >= Number(rate[1]), `${ctx}: ceil below rate`);
-    const quantum = /\bquantum (\d+)\b/.exec(line);
-    if (quantum) assert.ok(Number(quantum[1]) >= 1514 && Number(quantum[1]) <= 200_000, `${ctx}: quantum`);
+    checkLineBasics(ctx, line, /^vq[idu][0-9a-f]{12}$/);
     // Redirects: upload-side hook at 64000 on ingress, 64001 on egress (u32 shares node ids across hooks).
     if (/^tc filter (add|replace|del) dev \S+ (ingress|egress) /.test(line))
       assert.match(line, / (ingress protocol all prio 64000|egress protocol all prio 64001)\b/, ctx);
@@ -1489,12 +1003,9 @@ describe("the real kernel accepts every line", () => {
 });
 
 test("every group-*.txt golden file belongs to a case", () => {
-  if (UPDATE || usedGoldens.size === 0) return;
-  const onDisk = readdirSync(fileURLToPath(EXPECTED))
-    .filter((f) => f.startsWith("group-") && f.endsWith(".txt"))
-    .map((f) => f.slice(0, -4));
+  if (UPDATE_GOLDEN || goldens.used.size === 0) return;
   assert.deepEqual(
-    onDisk.filter((n) => !usedGoldens.has(n)),
+    goldens.unused((n) => n.startsWith("group-")),
     [],
     "golden files no test uses (renamed or removed cases?)",
   );

@@ -3,28 +3,29 @@
 // UPDATE_GOLDEN=1 rewrites the expected files; review every diff by eye before accepting it.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import { formatIfbAlias, interfaceIfbName, parseIfbAlias } from "../../src/core/names.js";
-import {
-  filtersFromJson,
-  linksFromJson,
-  type ObservedDevice,
-  parseClasses,
-  printTcRate,
-  qdiscsFromJson,
-} from "../../src/core/normalise.js";
-import { type Observed, type Op, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
+import { type Observed, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
 import { emptyPolicy, type Policy, parsePolicy } from "../../src/core/policy.js";
 import type { Capabilities } from "../../src/core/recipe.js";
 import { type Rendered, render } from "../../src/core/render.js";
 import { resolveDomain } from "../../src/core/resolve.js";
 import { NO_CLSACT, NO_IFB, PRODUCTION, THIS_KERNEL } from "../helpers/caps.js";
+import {
+  checkLineBasics,
+  FakeKernel,
+  Goldens,
+  lines,
+  tbfBurstRoundTrip,
+  tbfLatency,
+  tcSizeText,
+  ticksRoundTrip,
+  UPDATE_GOLDEN,
+} from "../helpers/fake-kernel.js";
 
-const UPDATE = process.env.UPDATE_GOLDEN === "1";
 const EXPECTED = new URL("./expected/", import.meta.url);
 const FIXTURES = new URL("../fixtures/libvirt-9.0/", import.meta.url);
 
@@ -110,386 +111,7 @@ function desired(xml: string, policyText?: string): Desired {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// A small fake kernel: state as tc keeps it, read back through the same parsers observe() uses (tc JSON for
-// qdiscs and filters, `tc -d class show` text for HTB classes), with tc's rounding of rates and sizes.
-
-interface KQdisc {
-  kind: string;
-  handle: string;
-  parent: string;
-  options: Record<string, unknown>;
-}
-interface KClass {
-  classid: string;
-  parent: string;
-  rate: number;
-  ceil: number;
-  burst: number;
-  cburst: number;
-  quantum: number;
-}
-interface KFilter {
-  hook: "ingress" | "egress";
-  prio: number;
-  kind: string;
-  protocol: string;
-  redirectDev?: string;
-  police?: { rate: number; burst: number };
-}
-interface KDev {
-  name: string;
-  ifindex: number;
-  kind?: string;
-  alias?: string;
-  up: boolean;
-  master?: string;
-  qdiscs: KQdisc[];
-  classes: KClass[];
-  filters: KFilter[];
-}
-
-class FakeKernel {
-  devs = new Map<string, KDev>();
-  private nextIfindex = 100;
-
-  addLink(name: string, opts: Partial<KDev> = {}): KDev {
-    const dev: KDev = {
-      name,
-      ifindex: opts.ifindex ?? this.nextIfindex++,
-      up: true,
-      qdiscs: [{ kind: "noqueue", handle: "0:", parent: "root", options: {} }],
-      classes: [],
-      filters: [],
-      ...opts,
-    };
-    this.devs.set(name, dev);
-    return dev;
-  }
-
-  private dev(name: string): KDev {
-    const d = this.devs.get(name);
-    if (!d) throw new Error(`Cannot find device "${name}"`);
-    return d;
-  }
-
-  /** Apply ops in order, failing like tc/ip would on an impossible step. */
-  apply(ops: Op[]): void {
-    for (const op of ops) {
-      switch (op.op) {
-        case "ifb-add":
-          if (this.devs.has(op.dev)) throw new Error(`ifb-add ${op.dev}: File exists`);
-          this.addLink(op.dev, { kind: "ifb", alias: op.alias, up: false });
-          break;
-        case "link-up":
-          this.dev(op.dev).up = true;
-          break;
-        case "ifb-del":
-          this.dev(op.dev);
-          this.devs.delete(op.dev);
-          for (const d of this.devs.values()) {
-            // mirred forgets a deleted target; keep the filter (as the kernel does) so tests can see it dangle.
-            for (const f of d.filters) if (f.redirectDev === op.dev) f.redirectDev = `(gone:${op.dev})`;
-          }
-          break;
-        case "root-replace": {
-          const d = this.dev(op.dev);
-          const root = d.qdiscs.find((q) => q.parent === "root");
-          if (root?.handle === "7651:" && root.kind === "htb") {
-            root.options.default = `0x${op.defaultMinor.toString(16)}`;
-          } else {
-            d.qdiscs = d.qdiscs.filter((q) => q.parent === "ffff:fff1");
-            d.classes = [];
-            d.qdiscs.unshift({
-              kind: "htb",
-              handle: "7651:",
-              parent: "root",
-              options: {
-                r2q: 10,
-                default: `0x${op.defaultMinor.toString(16)}`,
-                direct_packets_stat: 0,
-                direct_qlen: 1000,
-              },
-            });
-          }
-          break;
-        }
-        case "root-del": {
-          const d = this.dev(op.dev);
-          if (!d.qdiscs.some((q) => q.parent === "root" && q.handle !== "0:")) {
-            throw new Error(`root-del ${op.dev}: Cannot delete qdisc with handle of zero`);
-          }
-          d.qdiscs = [
-            { kind: "noqueue", handle: "0:", parent: "root", options: {} },
-            ...d.qdiscs.filter((q) => q.parent === "ffff:fff1"),
-          ];
-          d.classes = [];
-          break;
-        }
-        case "class-replace": {
-          const d = this.dev(op.dev);
-          const parentOk =
-            d.qdiscs.some((q) => q.kind === "htb" && q.handle === op.parent) ||
-            d.classes.some((c) => c.classid === op.parent);
-          if (!parentOk)
-            throw new Error(`class-replace ${op.dev} ${op.classid}: parent ${op.parent} does not exist`);
-          const k: KClass = {
-            classid: op.classid,
-            parent: op.parent,
-            rate: op.htb.rateBytesPerSec,
-            ceil: op.htb.ceilBytesPerSec,
-            burst: op.htb.burstBytes,
-            cburst: op.htb.cburstBytes,
-            quantum: op.htb.quantumBytes,
-          };
-          d.classes = [...d.classes.filter((c) => c.classid !== op.classid), k];
-          break;
-        }
-        case "class-del": {
-          const d = this.dev(op.dev);
-          if (d.classes.some((c) => c.parent === op.classid))
-            throw new Error(`class-del ${op.classid}: class has children`);
-          d.classes = d.classes.filter((c) => c.classid !== op.classid);
-          d.qdiscs = d.qdiscs.filter((q) => q.parent !== op.classid);
-          break;
-        }
-        case "leaf-replace": {
-          const d = this.dev(op.dev);
-          if (!d.classes.some((c) => c.classid === op.parent))
-            throw new Error(`leaf-replace: class ${op.parent} missing`);
-          const l = op.leaf;
-          const options: Record<string, unknown> =
-            l.kind === "bfifo"
-              ? { limit: l.limitBytes }
-              : l.kind === "sfq"
-                ? { limit: l.limitPackets, quantum: 1514, depth: 127, divisor: 1024, perturb: 10 }
-                : l.kind === "fq_codel"
-                  ? {
-                      limit: 10240,
-                      flows: 1024,
-                      quantum: 1514,
-                      target: 4999,
-                      interval: 99999,
-                      memory_limit: 33554432,
-                      ecn: true,
-                      drop_batch: 64,
-                    }
-                  : {
-                      rate: l.rateBytesPerSec,
-                      burst: tbfBurstRoundTrip(l.rateBytesPerSec, l.burstBytes),
-                      lat: tbfLatency(l.rateBytesPerSec, l.limitBytes, l.burstBytes),
-                    };
-          d.qdiscs = [
-            ...d.qdiscs.filter((q) => q.parent !== op.parent),
-            { kind: l.kind, handle: op.handle, parent: op.parent, options },
-          ];
-          break;
-        }
-        case "hook-add": {
-          const d = this.dev(op.dev);
-          if (d.qdiscs.some((q) => q.parent === "ffff:fff1"))
-            throw new Error(`hook-add ${op.dev}: Exclusivity flag on, cannot modify`);
-          d.qdiscs.push({ kind: op.kind, handle: "ffff:", parent: "ffff:fff1", options: {} });
-          break;
-        }
-        case "hook-del": {
-          const d = this.dev(op.dev);
-          if (!d.qdiscs.some((q) => q.parent === "ffff:fff1" && q.kind === op.kind))
-            throw new Error(`hook-del ${op.dev}: no ${op.kind}`);
-          d.qdiscs = d.qdiscs.filter((q) => q.parent !== "ffff:fff1");
-          d.filters = [];
-          break;
-        }
-        case "filter-add":
-        case "filter-replace": {
-          const d = this.dev(op.dev);
-          const hookQ = d.qdiscs.find((q) => q.parent === "ffff:fff1");
-          if (!hookQ) throw new Error(`filter ${op.dev}: Parent Qdisc doesn't exists`);
-          if (op.hook === "egress" && hookQ.kind !== "clsact")
-            throw new Error(`filter ${op.dev} egress needs clsact`);
-          const same = d.filters.find((f) => f.hook === op.hook && f.prio === op.prio);
-          if (same && same.kind !== op.classifier)
-            throw new Error(`filter ${op.dev}: prio ${op.prio} has another kind`);
-          if (same && op.op === "filter-add" && op.classifier === "matchall")
-            throw new Error("matchall: File exists");
-          if (op.filter.action === "redirect" && !this.devs.has(op.filter.toDev)) {
-            throw new Error(`mirred: Cannot find device "${op.filter.toDev}"`);
-          }
-          const k: KFilter = {
-            hook: op.hook,
-            prio: op.prio,
-            kind: op.classifier,
-            protocol: "all",
-            redirectDev: op.filter.action === "redirect" ? op.filter.toDev : undefined,
-            police:
-              op.filter.action === "police"
-                ? { rate: op.filter.rateBytesPerSec, burst: op.filter.burstBytes }
-                : undefined,
-          };
-          d.filters = [...d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio)), k];
-          break;
-        }
-        case "filter-del": {
-          const d = this.dev(op.dev);
-          if (!d.filters.some((f) => f.hook === op.hook && f.prio === op.prio)) {
-            throw new Error(
-              `filter-del ${op.dev} ${op.hook} prio ${op.prio}: Filter with specified priority/protocol not found`,
-            );
-          }
-          d.filters = d.filters.filter((f) => !(f.hook === op.hook && f.prio === op.prio));
-          break;
-        }
-        default:
-          throw new Error(`fake kernel: unknown op ${JSON.stringify(op)}`);
-      }
-    }
-  }
-
-  /** What observe() would produce: everything passes through the real parsers in normalise.ts. */
-  observe(records: DomainRecord[] = []): Observed {
-    const linkJson = [...this.devs.values()].map((d) => ({
-      ifindex: d.ifindex,
-      ifname: d.name,
-      flags: d.up ? ["BROADCAST", "NOARP", "UP", "LOWER_UP"] : ["BROADCAST", "NOARP"],
-      ...(d.alias ? { ifalias: d.alias } : {}),
-      ...(d.master ? { master: d.master } : {}),
-      ...(d.kind ? { linkinfo: { info_kind: d.kind } } : {}),
-    }));
-    const links = new Map(linksFromJson(JSON.parse(JSON.stringify(linkJson))).map((l) => [l.name, l]));
-    const qdiscJson = [...this.devs.values()].flatMap((d) =>
-      d.qdiscs.map((q) => ({
-        kind: q.kind,
-        handle: q.handle,
-        dev: d.name,
-        ...(q.parent === "root" ? { root: true } : { parent: q.parent }),
-        refcnt: 2,
-        options: q.options,
-      })),
-    );
-    const qdiscs = qdiscsFromJson(JSON.parse(JSON.stringify(qdiscJson)));
-    const devices = new Map<string, ObservedDevice>();
-    for (const d of this.devs.values()) {
-      const classText = d.classes.map((c) => classLine(c, d)).join("\n");
-      const filters = (["ingress", "egress"] as const).flatMap((hook) =>
-        filtersFromJson(
-          JSON.parse(JSON.stringify(filterJson(d.filters.filter((f) => f.hook === hook)))),
-          hook,
-        ),
-      );
-      devices.set(d.name, {
-        dev: d.name,
-        qdiscs: qdiscs.get(d.name) ?? [],
-        classes: parseClasses(classText),
-        filters,
-      });
-    }
-    return { links, devices, records };
-  }
-}
-
-/** tc's sprint_size (tc_util.c): "62493b", "64Kb" near a KiB multiple, "1Mb" near a MiB multiple. */
-function tcSizeText(bytes: number): string {
-  if (bytes >= 1024 * 1024 && Math.abs(1024 * 1024 * Math.round(bytes / (1024 * 1024)) - bytes) < 1024) {
-    return `${Math.round(bytes / (1024 * 1024))}Mb`;
-  }
-  if (bytes >= 1024 && Math.abs(1024 * Math.round(bytes / 1024) - bytes) < 16)
-    return `${Math.round(bytes / 1024)}Kb`;
-  return `${bytes}b`;
-}
-
-// tc's time units (/proc/net/psched on a 1 GHz hrtimer kernel: t2us 1000, us2t 64): 15.625 ticks per µs.
-const TICKS_PER_US = 15.625;
-/** iproute2's tc_core_tick2time: ticks to whole µs (truncated). */
-const tick2time = (ticks: number) => Math.floor(ticks / TICKS_PER_US);
-
-/**
- * HTB and police take a burst as a time in ticks (tc_calc_xmittime truncates to whole µs, then to whole ticks)
- * and tc prints it back through tc_calc_xmitsize: 62500 bytes at 30 Mbit/s come back as 62493.
- */
-function ticksRoundTrip(bytesPerSec: number, bytes: number): number {
-  const ticks = Math.floor(Math.floor((1e6 * bytes) / bytesPerSec) * TICKS_PER_US);
-  return Math.floor((bytesPerSec * tick2time(ticks)) / 1e6);
-}
-
-/** TBF gets the burst in bytes (TCA_TBF_BURST); the kernel keeps ns and dumps ticks: 3028 at 60 Mbit/s -> 3022. */
-function tbfTicks(bytesPerSec: number, bytes: number): number {
-  return Math.floor(Math.floor((bytes * 1e9) / bytesPerSec) / 64);
-}
-function tbfBurstRoundTrip(bytesPerSec: number, bytes: number): number {
-  return Math.floor((bytesPerSec * tick2time(tbfTicks(bytesPerSec, bytes))) / 1e6);
-}
-/** q_tbf.c: latency = limit / rate - tick2time(buffer), in µs. */
-function tbfLatency(bytesPerSec: number, limitBytes: number, burstBytes: number): number {
-  return Math.floor((1e6 * limitBytes) / bytesPerSec - tick2time(tbfTicks(bytesPerSec, burstBytes)));
-}
-
-function classLine(c: KClass, d: KDev): string {
-  const leaf = d.qdiscs.find((q) => q.parent === c.classid);
-  const where = c.parent.endsWith(":") ? "root" : `parent ${c.parent}`;
-  const burst = tcSizeText(ticksRoundTrip(c.rate, c.burst));
-  const cburst = tcSizeText(ticksRoundTrip(c.ceil, c.cburst));
-  return (
-    `class htb ${c.classid} ${where} ${leaf ? `leaf ${leaf.handle} ` : ""}prio 0 quantum ${c.quantum} ` +
-    `rate ${printTcRate(c.rate * 8)} ceil ${printTcRate(c.ceil * 8)} linklayer ethernet ` +
-    `burst ${burst}/1 mpu 0b cburst ${cburst}/1 mpu 0b level 0 \n` +
-    " Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n backlog 0b 0p requeues 0\n lended: 0 borrowed: 0 giants: 0\n tokens: 1 ctokens: 1"
-  );
-}
-
-/** `tc -j filter show dev X ingress` as iproute2 6.1 prints it for u32/matchall with mirred or police. */
-function filterJson(filters: KFilter[]): unknown[] {
-  const out: unknown[] = [];
-  for (const f of filters) {
-    const head = { protocol: f.protocol, pref: f.prio, kind: f.kind, chain: 0 };
-    out.push(head);
-    const actions: unknown[] = [];
-    if (f.redirectDev) {
-      actions.push({
-        order: 1,
-        kind: "mirred",
-        mirred_action: "redirect",
-        direction: "egress",
-        to_dev: f.redirectDev,
-        control_action: { type: "stolen" },
-        index: 1,
-        ref: 1,
-        bind: 1,
-      });
-    }
-    if (f.police) {
-      actions.push({
-        order: 1,
-        kind: "police",
-        index: 1,
-        control_action: { type: "drop" },
-        overhead: 0,
-        rate: printTcRate(f.police.rate * 8),
-        burst: tcSizeText(ticksRoundTrip(f.police.rate, f.police.burst)),
-        mtu: "64Kb",
-        ref: 1,
-        bind: 1,
-      });
-    }
-    if (f.kind === "u32") {
-      out.push({ ...head, options: { fh: "800:", ht_divisor: 1 } });
-      out.push({
-        ...head,
-        options: {
-          fh: "800::800",
-          order: 2048,
-          key_ht: "800",
-          bkt: "0",
-          ...(f.police ? { flowid: ":1" } : {}),
-          not_in_hw: true,
-          match: { value: "0", mask: "0", offmask: "", off: 0 },
-          actions,
-        },
-      });
-    } else {
-      out.push({ ...head, options: { handle: 1, not_in_hw: true, actions } });
-    }
-  }
-  return out;
-}
+// The fake kernel (test/helpers/fake-kernel.ts): the state the cases start from, and its rounding
 
 /** The Observed the brief describes: each tap present with an ifindex, a default noqueue root, no filters. */
 function freshKernel(ifaces: DesiredInterface[], except: string[] = []): FakeKernel {
@@ -525,49 +147,15 @@ function options(d: Pick<Desired, "policy" | "uuid">, extra: Partial<PlanOptions
   return { leaf: d.policy.leaf, scope: [d.uuid], sweep: false, ...extra };
 }
 
-function lines(r: Rendered): string[] {
-  return [...r.ipPre.map((l) => `ip ${l}`), ...r.tc.map((l) => `tc ${l}`), ...r.ipPost.map((l) => `ip ${l}`)];
-}
-
 /** Compare with test/golden/expected/<name>.txt (or write it, with UPDATE_GOLDEN=1). */
-const usedGoldens = new Set<string>();
-
-function assertGolden(name: string, r: Rendered): void {
-  assert.ok(!usedGoldens.has(name), `golden name ${name} used twice`);
-  usedGoldens.add(name);
-  const got = lines(r);
-  checkInvariants(name, got);
-  const text = got.map((l) => `${l}\n`).join("");
-  const url = new URL(`${name}.txt`, EXPECTED);
-  const path = fileURLToPath(url);
-  if (UPDATE) {
-    mkdirSync(fileURLToPath(EXPECTED), { recursive: true });
-    writeFileSync(url, text);
-    return;
-  }
-  if (!existsSync(path)) {
-    assert.fail(
-      `golden file ${path} is missing: run with UPDATE_GOLDEN=1 to create it, then review it.\nGot:\n${text}`,
-    );
-  }
-  assert.equal(text, readFileSync(url, "utf8"), `output differs from ${path} (UPDATE_GOLDEN=1 rewrites it)`);
-}
+const goldens = new Goldens(EXPECTED, checkInvariants);
+const assertGolden = (name: string, r: Rendered) => goldens.check(name, r);
 
 /** Rules every rendered batch must follow, whatever the case. */
 function checkInvariants(name: string, got: string[]): void {
   for (const line of got) {
     const ctx = `${name}: ${line}`;
-    for (const m of line.matchAll(/\bdev (\S+)/g))
-      assert.ok(m[1].length <= 15, `${ctx}: device name over 15 characters`);
-    for (const m of line.matchAll(/\b(vq[a-z][0-9a-f]*)\b/g)) assert.match(m[1], /^vqi[0-9a-f]{12}$/, ctx);
-    for (const m of line.matchAll(/\bc?burst (\d+)b\b/g))
-      assert.ok(Number(m[1]) >= 2 * 1514, `${ctx}: burst below two frames`);
-    for (const m of line.matchAll(/\b(?:rate|ceil) (\d+)bit\b/g))
-      assert.equal(Number(m[1]) % 8, 0, `${ctx}: rate not whole bytes`);
-    const rate = /\brate (\d+)bit ceil (\d+)bit/.exec(line);
-    if (rate) assert.ok(Number(rate[2]) >= Number(rate[1]), `${ctx}: ceil below rate`);
-    const quantum = /\bquantum (\d+)\b/.exec(line);
-    if (quantum) assert.ok(Number(quantum[1]) >= 1514 && Number(quantum[1]) <= 200_000, `${ctx}: quantum`);
+    checkLineBasics(ctx, line, /^vqi[0-9a-f]{12}$/);
     if (/^tc filter (add|replace|del) /.test(line)) {
       assert.match(line, / (ingress|egress) protocol all prio 64000\b/, ctx);
     }
@@ -1249,11 +837,8 @@ describe("golden: sweep", () => {
 });
 
 test("every golden file belongs to a case", () => {
-  if (UPDATE) return;
-  const onDisk = readdirSync(fileURLToPath(EXPECTED))
-    // group-*.txt belong to test/golden/groups.test.ts, which checks them itself.
-    .filter((f) => f.endsWith(".txt") && !f.startsWith("group-"))
-    .map((f) => f.slice(0, -4));
-  const stale = onDisk.filter((n) => !usedGoldens.has(n));
+  if (UPDATE_GOLDEN) return;
+  // group-*.txt belong to test/golden/groups.test.ts, which checks them itself.
+  const stale = goldens.unused((n) => !n.startsWith("group-"));
   assert.deepEqual(stale, [], "golden files no test uses (renamed or removed cases?)");
 });

@@ -5,8 +5,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import type { DesiredInterface } from "../../src/core/model.js";
-import { formatProblem, PolicyError, type PolicyProblem, parsePolicy } from "../../src/core/policy.js";
+import { formatProblem, parsePolicy } from "../../src/core/policy.js";
 import { resolveDomain } from "../../src/core/resolve.js";
+import { policyProblems, problemAt } from "../helpers/policy-problems.js";
 
 const QOS = "https://virtqos.dev/xmlns/qos/1";
 const UUID = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
@@ -463,26 +464,9 @@ ${extra}`;
 // ---------------------------------------------------------------------------------------------------------
 // Policy errors
 
-function problems(text: string): PolicyProblem[] {
-  try {
-    parsePolicy(text, "policy.yaml");
-  } catch (e) {
-    assert.ok(e instanceof PolicyError, `expected PolicyError, got ${String(e)}`);
-    assert.equal(e.message, e.problems.map(formatProblem).join("\n"));
-    return e.problems;
-  }
-  assert.fail("expected the policy to be rejected");
-}
-
-function only(list: PolicyProblem[], field: string): PolicyProblem {
-  const found = list.filter((p) => p.field === field);
-  assert.equal(found.length, 1, `one problem at ${field}; got ${JSON.stringify(list, null, 1)}`);
-  return found[0];
-}
-
 describe("policy errors for groups, with line numbers", () => {
   test("member floors above the group's ceiling: the numbers are in the message", () => {
-    const list = problems(`groups:
+    const list = policyProblems(`groups:
   - name: web
     inbound: { average: 30mbit }
     memberDefaults:
@@ -493,7 +477,7 @@ describe("policy errors for groups, with line numbers", () => {
       - domain: bob
         inbound: { floor: 5mbit }
 `);
-    const p = only(list, "groups[0].inbound.average");
+    const p = problemAt(list, "groups[0].inbound.average");
     assert.equal(p.line, 3);
     assert.match(p.message, /floors add up to 35 Mbit\/s/);
     assert.match(p.message, /cliff 15 Mbit\/s/);
@@ -511,7 +495,7 @@ describe("policy errors for groups, with line numbers", () => {
   });
 
   test("child groups' floors and averages above the parent's ceiling", () => {
-    const list = problems(`groups:
+    const list = policyProblems(`groups:
   - name: host
     inbound: { average: 50mbit }
     outbound: { average: 100mbit }
@@ -525,7 +509,7 @@ describe("policy errors for groups, with line numbers", () => {
     outbound: { average: 60mbit }
 `);
     // inbound: 10 (web's floor) + 30 (solo's average) = 40 <= 50: fine. outbound: 60 + 60 > 100.
-    const p = only(list, "groups[0].outbound.average");
+    const p = problemAt(list, "groups[0].outbound.average");
     assert.equal(p.line, 4);
     assert.match(p.message, /120 Mbit\/s/);
     assert.match(p.message, /group web 60 Mbit\/s/);
@@ -535,7 +519,7 @@ describe("policy errors for groups, with line numbers", () => {
   });
 
   test("two levels of nesting", () => {
-    const list = problems(`groups:
+    const list = policyProblems(`groups:
   - name: a
     inbound: { average: 100mbit }
   - name: b
@@ -545,14 +529,14 @@ describe("policy errors for groups, with line numbers", () => {
     parent: b
     inbound: { average: 10mbit }
 `);
-    const p = only(list, "groups[2].parent");
+    const p = problemAt(list, "groups[2].parent");
     assert.equal(p.line, 8);
     assert.match(p.message, /"b" is itself a child of "a"/);
   });
 
   test("an undefined parent", () => {
-    const p = only(
-      problems("groups:\n  - name: web\n    inbound: { average: 10mbit }\n    parent: nothere\n"),
+    const p = problemAt(
+      policyProblems("groups:\n  - name: web\n    inbound: { average: 10mbit }\n    parent: nothere\n"),
       "groups[0].parent",
     );
     assert.equal(p.line, 4);
@@ -561,21 +545,21 @@ describe("policy errors for groups, with line numbers", () => {
 
   test("a parent with members of its own (explicit or selected)", () => {
     for (const own of ["    members:\n      - domain: cliff\n", "    select:\n      bridges: br0\n"]) {
-      const list = problems(`groups:
+      const list = policyProblems(`groups:
   - name: host
     inbound: { average: 100mbit }
 ${own}  - name: web
     parent: host
     inbound: { average: 30mbit }
 `);
-      const p = only(list, "groups[1].parent");
+      const p = problemAt(list, "groups[1].parent");
       assert.equal(p.line, 7);
       assert.match(p.message, /"host" has members of its own/);
     }
   });
 
   test("an explicit member listed in two groups: both groups named", () => {
-    const list = problems(`groups:
+    const list = policyProblems(`groups:
   - name: web
     inbound: { average: 30mbit }
     members:
@@ -587,7 +571,7 @@ ${own}  - name: web
       - domain: cliff
         mac: "52:54:00:00:10:01"
 `);
-    const p = only(list, "groups[1].members[1]");
+    const p = problemAt(list, "groups[1].members[1]");
     assert.equal(p.line, 10);
     assert.match(p.message, /cliff 52:54:00:00:10:01/);
     assert.match(p.message, /"web"/);
@@ -614,7 +598,7 @@ ${own}  - name: web
   });
 
   test("all problems are reported at once", () => {
-    const list = problems(`groups:
+    const list = policyProblems(`groups:
   - name: a
     inbound: { average: 10mbit }
     parent: nothere

@@ -1,41 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import {
-  emptyPolicy,
-  formatProblem,
-  PolicyError,
-  type PolicyProblem,
-  parsePolicy,
-} from "../../src/core/policy.js";
+import { emptyPolicy, formatProblem, parsePolicy } from "../../src/core/policy.js";
+import { policyProblems, problemAt } from "../helpers/policy-problems.js";
 
 const FILE = "/etc/virtqos/policy.yaml";
 
 /** JSON round trip: drops keys whose value is undefined, so results compare by content. */
 const plain = <T>(x: T): T => JSON.parse(JSON.stringify(x));
 
-function problems(text: string): PolicyProblem[] {
-  try {
-    parsePolicy(text, FILE);
-  } catch (e) {
-    assert.ok(e instanceof PolicyError, `expected PolicyError, got ${String(e)}`);
-    assert.equal(e.code, "POLICY_INVALID");
-    assert.equal(e.message, e.problems.map(formatProblem).join("\n"));
-    for (const p of e.problems) {
-      assert.equal(p.file, FILE);
-      assert.ok(p.line >= 1 && p.column >= 1, `position ${p.line}:${p.column}`);
-      assert.ok(p.fix.length > 0, "every problem has a fix");
-    }
-    return e.problems;
-  }
-  assert.fail("expected the policy to be rejected");
-}
-
-/** The one problem reported for `field` (asserting there is exactly one). */
-function problemAt(list: PolicyProblem[], field: string): PolicyProblem {
-  const found = list.filter((p) => p.field === field);
-  assert.equal(found.length, 1, `one problem at ${field}; got ${JSON.stringify(list, null, 1)}`);
-  return found[0];
-}
+const problems = (text: string) => policyProblems(text, FILE);
 
 const VALID = `# virtqos policy
 version: 1
