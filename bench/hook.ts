@@ -1,4 +1,4 @@
-// 5. Hook wall time: `node dist/hook.mjs` for a 4-interface domain, cold apply and no-op, vs `node -e 0`.
+// 5. Hook wall time: `node dist/hook-loader.cjs` (what the installed hook runs) for a 4-interface domain, cold apply and no-op, vs `node -e 0`.
 import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,7 +27,7 @@ import {
 } from "./common.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const HOOK = join(ROOT, "dist", "hook.mjs");
+const HOOK = join(ROOT, "dist", "hook-loader.cjs");
 const TAPS = ["hk0", "hk1", "hk2", "hk3"];
 const NAME = "bench-hook";
 const UUID = "b3c40000-0000-4000-8000-00000000f00d";
@@ -62,7 +62,7 @@ export async function hook(opts: BenchOptions): Promise<BenchResult[]> {
     throw new Error(`${HOOK} is missing: run \`node scripts/build.mjs\` (or \`npm run bench\`)`);
   const stale = statSync(HOOK).mtimeMs < newestSource(join(ROOT, "src"));
   if (stale)
-    opts.log("  WARNING: dist/hook.mjs is older than src/: results describe the old build (npm run build)");
+    opts.log("  WARNING: dist/hook.cjs is older than src/: results describe the old build (npm run build)");
   const iterations = opts.quick ? 8 : 15;
   // On tmpfs, like /run/virtqos on a real host.
   const { dir: runDir, tmpfs } = tmpfsRunDir("vqbench-hook-");

@@ -1,6 +1,6 @@
 // Bundle the CLI and the hook into single ES modules: a bundled script starts in a fraction of the time an
 // unbundled tsx run takes, and the hook runs on every guest start.
-import { writeFileSync } from "node:fs";
+import { copyFileSync, rmSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const common = {
@@ -16,17 +16,19 @@ const common = {
   },
 };
 
+rmSync("dist/hook", { recursive: true, force: true });
 await Promise.all([
   build({ ...common, entryPoints: ["src/main.ts"], outfile: "dist/virtqos.mjs" }),
-  // The hook: minified and split, so the policy parser (YAML + schema) is only loaded on a policy-cache miss.
+  // The hook: one minified CommonJS bundle, run by dist/hook-loader.cjs with V8's code cache.
   build({
     ...common,
-    entryPoints: { hook: "src/hook-main.ts" },
-    outdir: "dist/hook",
-    outExtension: { ".js": ".mjs" },
-    splitting: true,
+    banner: undefined,
+    format: "cjs",
+    entryPoints: ["src/hook-main.ts"],
+    outfile: "dist/hook.cjs",
     minify: true,
   }),
 ]);
-// A stable entry point for the installed hook script and the benchmarks.
-writeFileSync("dist/hook.mjs", 'import "./hook/hook.mjs";\n');
+copyFileSync("scripts/hook-loader.cjs", "dist/hook-loader.cjs");
+// A stable ESM entry point too (benchmarks and older installs import it).
+writeFileSync("dist/hook.mjs", 'import "./hook-loader.cjs";\n');

@@ -331,7 +331,7 @@ async function readStdin(): Promise<string> {
 /** Where the bundled hook lives: next to this bundle in dist/. */
 function hookBundlePath(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [join(here, "hook.mjs"), join(here, "..", "dist", "hook.mjs")];
+  const candidates = [join(here, "hook-loader.cjs"), join(here, "..", "dist", "hook-loader.cjs")];
   return resolve(candidates.find((c) => existsSync(c)) ?? candidates[0]);
 }
 
@@ -342,7 +342,7 @@ export function installHook(hooksDir: string): { path: string; restartNeeded: bo
   const fileExisted = existsSync(path);
   mkdirSync(dir, { recursive: true });
   // A node script, not a shell wrapper: one process less on every guest start.
-  const body = `#!${process.execPath}\n// Installed by \`virtqos install-hook\`. libvirt runs it as: virtqos <domain> <operation> <sub-operation> <extra>\nimport(${JSON.stringify(hookBundlePath())});\n`;
+  const body = `#!${process.execPath}\n// Installed by \`virtqos install-hook\`. libvirt runs it as: virtqos <domain> <operation> <sub-operation> <extra>\nrequire(${JSON.stringify(hookBundlePath())});\n`;
   const tmp = `${path}.tmp`;
   writeFileSync(tmp, body, { mode: 0o755 });
   chmodSync(tmp, 0o755);

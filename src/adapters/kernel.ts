@@ -35,7 +35,7 @@ export type BaseDump = Promise<[ExecResult, ExecResult]>;
 /** The two device-independent dumps. Started early (the hook starts them while it parses its input). */
 export function dumpLinksAndQdiscs(runner: Runner, stats = false): BaseDump {
   return Promise.all([
-    runner.run("ip", ["-j", "-d", "link", "show"]),
+    runner.run("ip", ["-j", "link", "show"]),
     runner.run("tc", stats ? ["-s", "-j", "qdisc", "show"] : ["-j", "qdisc", "show"]),
   ]);
 }

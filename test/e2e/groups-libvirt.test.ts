@@ -9,11 +9,11 @@
  * only its own objects; the last member takes the group IFBs with it; admission: a member whose floor does not
  * fit is still started and shaped on its own at the group ceiling.
  *
- * Like test/e2e/virtqos-hook.test.ts (whose approach this reuses): libvirtd runs the hook with its own
- * environment, so the hook reads the default /etc/virtqos/policy.yaml and writes /run/virtqos; this test
- * writes that policy itself (an existing file is saved and put back at the end), installs the hook with
- * `virtqos install-hook` (an installed one is saved and put back), SIGHUPs libvirtd, and at the end removes
- * what it created and SIGHUPs again. CLI calls run with VIRTQOS_* removed from the environment.
+ * Like test/e2e/virtqos-hook.test.ts (the plumbing both use is in virtqos-e2e.ts): libvirtd runs the hook
+ * with its own environment, so the hook reads the default /etc/virtqos/policy.yaml and writes /run/virtqos;
+ * this test writes that policy itself (an existing file is saved and put back at the end), installs the hook
+ * with `virtqos install-hook` (an installed one is saved and put back), SIGHUPs libvirtd, and at the end
+ * removes what it created and SIGHUPs again. CLI calls run with VIRTQOS_* removed from the environment.
  *
  * The hook logs to stderr here (no /dev/log), which libvirtd only keeps when a hook fails: the admission log
  * line is looked for in libvirtd's log (best effort) and in the stderr of the installed hook run by hand the
@@ -25,18 +25,14 @@
  *   npx tsx --test test/e2e/groups-libvirt.test.ts
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
+import type { MemberLimit } from "../../src/core/model.js";
 import { groupIfbName } from "../../src/core/names.js";
 import {
-  cleanupByPrefix,
   createLinuxBridge,
   createNetwork,
   createOvsBridge,
@@ -49,32 +45,30 @@ import {
   type InterfaceSpec,
   linkExists,
   makeDomainXml,
-  QEMU_HOOK_DIR,
-  type RunOptions,
-  reloadLibvirtd,
   run,
   runOk,
   startDomain,
   tapsOf,
-  teardown,
 } from "./libvirt-env.js";
+import {
+  assertDomainGone,
+  cli,
+  HOOK_FILE,
+  HookTestHost,
+  type HtbClassText,
+  htbClasses,
+  ifindexOf,
+  installHook,
+  links,
+  ms,
+  ourFilters,
+  qdiscs,
+  readRecord,
+  virtqosStatus,
+  writePolicy,
+} from "./virtqos-e2e.js";
 
-// The CLI must look where libvirtd's hook looks (see the header).
-for (const k of ["VIRTQOS_CONFIG", "VIRTQOS_RUN_DIR", "VIRTQOS_NETNS", "VIRTQOS_LOG"]) delete process.env[k];
-
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
-const CLI = join(REPO, "bin", "virtqos");
-const DIST_CLI = join(REPO, "dist", "virtqos.mjs");
-const DIST_HOOK = join(REPO, "dist", "hook.mjs");
-const HOOK_FILE = join(QEMU_HOOK_DIR, "virtqos");
-const POLICY_DIR = "/etc/virtqos";
-const POLICY_FILE = join(POLICY_DIR, "policy.yaml");
-const RUN_DIR = "/run/virtqos";
-const RECORDS_DIR = join(RUN_DIR, "domains");
-const POLICY_CACHE = join(RUN_DIR, "policy-cache.json");
 const LIBVIRTD_LOG = "/var/log/libvirt/libvirtd.log";
-const PRIO_MIN = 64000;
-const PRIO_MAX = 64099;
 const PRIO_INGRESS = 64000;
 const PRIO_EGRESS = 64001;
 const GROUP_PRIO = 64010;
@@ -127,45 +121,6 @@ const env = await ensureLibvirt({ ovs: true });
 
 // ------------------------------------------------------------------ helpers
 
-function cli(args: readonly string[], opts: RunOptions = {}) {
-  return run(process.execPath, [CLI, ...args], opts);
-}
-
-async function cliOk(args: readonly string[]): Promise<string> {
-  const r = await cli(args);
-  if (r.code !== 0)
-    throw new Error(`virtqos ${args.join(" ")} exited ${r.code}: ${(r.stderr || r.stdout).trim()}`);
-  return r.stdout;
-}
-
-const ms = (t0: number) => `${Math.round(performance.now() - t0)} ms`;
-
-/** Write atomically, so a hook running at that moment never reads half a policy. */
-async function writePolicy(text: string): Promise<void> {
-  await mkdir(POLICY_DIR, { recursive: true });
-  const tmp = `${POLICY_FILE}.vqg-tmp`;
-  await writeFile(tmp, text, { mode: 0o644 });
-  await rename(tmp, POLICY_FILE);
-}
-
-interface Saved {
-  text: string;
-  mode: number;
-}
-async function save(path: string): Promise<Saved | undefined> {
-  if (!existsSync(path)) return undefined;
-  return { text: await readFile(path, "utf8"), mode: (await stat(path)).mode & 0o7777 };
-}
-async function restore(path: string, saved: Saved | undefined): Promise<void> {
-  if (!saved) {
-    await rm(path, { force: true });
-    return;
-  }
-  const tmp = `${path}.vqg-tmp`;
-  await writeFile(tmp, saved.text, { mode: saved.mode });
-  await rename(tmp, path);
-}
-
 /** Bytes of a file from `offset` to its end (the part of a log written since then). */
 async function readFrom(path: string, offset: number): Promise<string> {
   try {
@@ -191,52 +146,6 @@ const sizeOf = (path: string) =>
   );
 
 // ------------------------------------------------------------ kernel state
-
-interface QdiscJson {
-  dev?: string;
-  kind: string;
-  handle: string;
-  root?: boolean;
-  parent?: string;
-}
-
-async function qdiscs(dev?: string): Promise<QdiscJson[]> {
-  const out = await runOk("tc", ["-j", "qdisc", "show", ...(dev ? ["dev", dev] : [])]);
-  return JSON.parse(out || "[]") as QdiscJson[];
-}
-
-interface HtbClassText {
-  classid: string;
-  parent?: string;
-  leaf?: string;
-  rate?: string;
-  ceil?: string;
-  burst?: string;
-}
-
-/** HTB classes from `tc -d class show` (iproute2 6.1 has no JSON for them); "root" classes get parent "root". */
-async function htbClasses(dev: string): Promise<HtbClassText[]> {
-  const out = await runOk("tc", ["-d", "class", "show", "dev", dev]);
-  return out
-    .split("\n")
-    .filter((l) => l.startsWith("class htb "))
-    .map((l) => {
-      const tok = l.trim().split(/\s+/);
-      const get = (key: string) => {
-        const i = tok.indexOf(key);
-        return i >= 0 ? tok[i + 1] : undefined;
-      };
-      return {
-        classid: tok[2] ?? "",
-        parent: tok.includes("root") ? "root" : get("parent"),
-        leaf: get("leaf"),
-        rate: get("rate"),
-        ceil: get("ceil"),
-        burst: get("burst")?.split("/")[0],
-      };
-    })
-    .sort((a, b) => a.classid.localeCompare(b.classid));
-}
 
 /** One u32 node under `parent 7651:` as `tc filter show` prints it (text: the JSON repeats "match" keys). */
 interface U32Node {
@@ -281,18 +190,6 @@ async function treeFilters(dev: string): Promise<U32Node[]> {
   return nodes.sort((a, b) => a.handle.localeCompare(b.handle));
 }
 
-interface FilterJson {
-  pref?: number;
-  kind?: string;
-  options?: { actions?: { kind?: string; to_dev?: string; mirred_action?: string }[] };
-}
-
-async function filtersJson(dev: string, hook: "ingress" | "egress"): Promise<FilterJson[] | undefined> {
-  const r = await run("tc", ["-j", "filter", "show", "dev", dev, hook]);
-  if (r.code !== 0) return undefined; // no such device (any more) or no hook qdisc
-  return JSON.parse(r.stdout || "[]") as FilterJson[];
-}
-
 interface Redirect {
   prio: number;
   to?: string;
@@ -300,121 +197,7 @@ interface Redirect {
 
 /** virtqos's filters (prio 64000-64099, with actions) on one hook of a device, as prio + redirect target. */
 async function redirects(dev: string, hook: "ingress" | "egress"): Promise<Redirect[]> {
-  return ((await filtersJson(dev, hook)) ?? [])
-    .filter((f) => f.pref !== undefined && f.pref >= PRIO_MIN && f.pref <= PRIO_MAX && f.options?.actions)
-    .map((f) => {
-      const mirred = f.options?.actions?.find((a) => a.kind === "mirred");
-      return { prio: f.pref as number, to: mirred?.mirred_action === "redirect" ? mirred.to_dev : undefined };
-    })
-    .sort((a, b) => a.prio - b.prio);
-}
-
-interface LinkJson {
-  ifname: string;
-  ifindex: number;
-  flags?: string[];
-  ifalias?: string;
-}
-
-async function links(type?: string): Promise<LinkJson[]> {
-  return JSON.parse(
-    (await runOk("ip", ["-j", "link", "show", ...(type ? ["type", type] : [])])) || "[]",
-  ) as LinkJson[];
-}
-
-async function ifindexOf(dev: string): Promise<number> {
-  return Number((await readFile(`/sys/class/net/${dev}/ifindex`, "utf8")).trim());
-}
-
-/** Everything on the host that looks like virtqos's: root HTB 7651:, filters at prio 64000-64099, virtqos IFBs. */
-async function virtqosObjectsOnHost(): Promise<{ dev: string; what: string }[]> {
-  const found: { dev: string; what: string }[] = [];
-  const all = await qdiscs();
-  for (const q of all) {
-    if (q.dev && q.root && q.handle === "7651:")
-      found.push({ dev: q.dev, what: `root qdisc ${q.kind} 7651:` });
-  }
-  for (const q of all.filter((x) => x.parent === "ffff:fff1" && x.dev)) {
-    const dev = q.dev as string;
-    for (const hook of q.kind === "clsact" ? (["ingress", "egress"] as const) : (["ingress"] as const)) {
-      const prios = new Set(
-        ((await filtersJson(dev, hook)) ?? [])
-          .map((f) => f.pref)
-          .filter((p): p is number => p !== undefined && p >= PRIO_MIN && p <= PRIO_MAX),
-      );
-      for (const p of prios) found.push({ dev, what: `${hook} filter prio ${p}` });
-    }
-  }
-  for (const l of await links()) {
-    if (l.ifalias?.startsWith("virtqos/"))
-      found.push({ dev: l.ifname, what: `device with alias ${l.ifalias}` });
-  }
-  return found;
-}
-
-interface MemberLimitJson {
-  floorBitsPerSec: number;
-  ceilBitsPerSec: number;
-  minor?: number;
-}
-
-interface RecordJson {
-  domainName: string;
-  domainUuid: string;
-  interfaces: {
-    mac: string;
-    dev?: string;
-    ifindex?: number;
-    ifb?: string;
-    swapped?: boolean;
-    group?: {
-      tree: string;
-      path: string[];
-      via: string;
-      inbound?: MemberLimitJson;
-      outbound?: MemberLimitJson;
-    };
-  }[];
-}
-
-const recordFile = (uuid: string) => join(RECORDS_DIR, `${uuid}.json`);
-
-async function allRecords(): Promise<RecordJson[]> {
-  const files = await readdir(RECORDS_DIR).catch(() => [] as string[]);
-  const out: RecordJson[] = [];
-  for (const f of files.filter((x) => x.endsWith(".json"))) {
-    try {
-      out.push(JSON.parse(await readFile(join(RECORDS_DIR, f), "utf8")) as RecordJson);
-    } catch {
-      // torn or foreign: not ours to judge
-    }
-  }
-  return out;
-}
-
-interface StatusRow {
-  guest: string;
-  domainUuid: string;
-  mac: string;
-  dev?: string;
-  direction: "inbound" | "outbound";
-  enforcedOn?: string;
-  group?: string;
-  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; floorBitsPerSec?: number; source: string };
-  kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number; floorBitsPerSec?: number };
-  matches: boolean;
-  note?: string;
-}
-
-async function virtqosStatus(): Promise<{ code: number; rows: StatusRow[] }> {
-  const r = await cli(["status", "--json"]);
-  let rows: StatusRow[];
-  try {
-    rows = (JSON.parse(r.stdout) as { interfaces: StatusRow[] }).interfaces;
-  } catch {
-    throw new Error(`virtqos status --json exited ${r.code} without JSON: ${r.stdout}${r.stderr}`);
-  }
-  return { code: r.code, rows };
+  return (await ourFilters(dev, hook)).map((f) => ({ prio: f.prio, to: f.redirectTo }));
 }
 
 // --------------------------------------------------------------- test data
@@ -437,11 +220,14 @@ interface Live {
   minor: Record<Dir, string>;
 }
 
-const ourUuids = new Set<string>();
+const host = new HookTestHost(
+  P,
+  NEUTRAL_POLICY,
+  [MIXED, ADM].flatMap((g) => DIRS.map((d) => groupIfbName(g, d))),
+);
+
 function guest(label: string, spec: InterfaceSpec): Guest {
-  const uuid = randomUUID();
-  ourUuids.add(uuid);
-  return { label, name: `${P}-${label}`, uuid, spec };
+  return { label, name: `${P}-${label}`, uuid: host.newUuid(), spec };
 }
 
 /** How the kernel carries a member's two directions: download from the tap's egress hook, unless macvtap. */
@@ -521,135 +307,17 @@ test("virtqos groups through the libvirt hook, members of every interface type",
   skip: env.ok ? false : env.reason,
   timeout: 900_000,
 }, async (t) => {
-  const tAll = performance.now();
-  const savedHook = await save(HOOK_FILE);
-  const savedPolicy = await save(POLICY_FILE);
-  const savedCache = await save(POLICY_CACHE);
-  const policyDirExisted = existsSync(POLICY_DIR);
   const logOffset = await sizeOf(LIBVIRTD_LOG);
   const scratch = join(tmpdir(), `vqg-${process.pid}`);
-
-  /** virtqos objects present before the test started (someone else's): never blamed on this test. */
-  let baseline = new Set<string>();
-  const ourTrees = new Set([MIXED, ADM].flatMap((g) => DIRS.map((d) => groupIfbName(g, d))));
-
-  /**
-   * virtqos objects that are not in the baseline, not another domain's (by record or alias), and not on one
-   * of `liveDevs` (this test's running members): anything listed here was left behind by this test.
-   */
-  async function strayObjects(liveDevs: readonly string[] = []): Promise<string[]> {
-    const owned = new Set<string>(liveDevs);
-    for (const r of await allRecords()) {
-      if (ourUuids.has(r.domainUuid)) continue;
-      for (const i of r.interfaces) {
-        if (i.dev) owned.add(i.dev);
-        if (i.ifb) owned.add(i.ifb);
-      }
-    }
-    for (const l of await links()) {
-      const m = /^virtqos\/1,iface,([^,]+),/.exec(l.ifalias ?? "");
-      if (m && !ourUuids.has(m[1] ?? "")) owned.add(l.ifname);
-      // Other groups' trees are someone else's; this test's two groups' are not.
-      if (l.ifalias?.startsWith("virtqos/1,group,") && !ourTrees.has(l.ifname)) owned.add(l.ifname);
-    }
-    return (await virtqosObjectsOnHost())
-      .filter((o) => !owned.has(o.dev) && !baseline.has(`${o.dev}|${o.what}`))
-      .map((o) => `${o.dev}: ${o.what}`);
-  }
-
-  t.after(async () => {
-    const errors: string[] = [];
-    const step = async (what: string, fn: () => Promise<unknown>) => {
-      try {
-        await fn();
-      } catch (e) {
-        errors.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
-      }
-    };
-    const t0 = performance.now();
-    // Domains go while the hook is still installed and a valid policy is in place: virtqos removes its objects.
-    await step("neutral policy for the last stops", () => writePolicy(NEUTRAL_POLICY));
-    await step("teardown", teardown);
-    await step("sweep by prefix", () => cleanupByPrefix(P));
-    // Whatever virtqos still holds for this test's domains (an assertion failed half-way, a virtqos bug).
-    for (const uuid of ourUuids) {
-      await step(`virtqos clear --domain ${uuid}`, async () => {
-        const held =
-          existsSync(recordFile(uuid)) || (await links("ifb")).some((l) => l.ifalias?.includes(`,${uuid},`));
-        if (held) {
-          t.diagnostic(`leftovers of domain ${uuid}: removing them with virtqos clear`);
-          await cliOk(["clear", "--domain", uuid]);
-        }
-      });
-    }
-    // Group IFBs of this test's groups that outlived their members (virtqos bug): delete them by name.
-    for (const l of await links("ifb").catch(() => [] as LinkJson[])) {
-      if (ourTrees.has(l.ifname) && l.ifalias?.startsWith("virtqos/1,group,")) {
-        t.diagnostic(`group IFB ${l.ifname} (${l.ifalias}) outlived its members: deleting it`);
-        await step(`ip link del ${l.ifname}`, () => runOk("ip", ["link", "del", "dev", l.ifname]));
-      }
-    }
-    await step("hook file", () => restore(HOOK_FILE, savedHook));
-    await step("policy file", async () => {
-      await restore(POLICY_FILE, savedPolicy);
-      if (!policyDirExisted) await rmdir(POLICY_DIR).catch(() => {});
-    });
-    await step("policy cache", () => restore(POLICY_CACHE, savedCache));
-    await step("scratch dir", () => rm(scratch, { recursive: true, force: true }));
-    // With the hook gone (and nothing else in qemu.d), a SIGHUP turns libvirtd's qemu hooks off again.
-    await step("reload libvirtd", reloadLibvirtd);
-    t.diagnostic(`cleanup: ${ms(t0)}; whole test: ${ms(tAll)}`);
-    if (errors.length) throw new Error(`cleanup left things behind:\n  ${errors.join("\n  ")}`);
-  });
-
-  await cleanupByPrefix(P);
-  await writePolicy(NEUTRAL_POLICY);
+  t.after(() => rm(scratch, { recursive: true, force: true }));
+  await host.setUp(t);
   await mkdir(scratch, { recursive: true });
-  baseline = new Set((await virtqosObjectsOnHost()).map((o) => `${o.dev}|${o.what}`));
-  if (baseline.size)
-    t.diagnostic(`virtqos objects of others already on this host (ignored): ${[...baseline].join(", ")}`);
-  // This test's group IFBs left by a crashed earlier run (their names are not under the prefix): delete them.
-  for (const l of await links("ifb")) {
-    if (ourTrees.has(l.ifname) && l.ifalias?.startsWith("virtqos/1,group,")) {
-      t.diagnostic(`group IFB ${l.ifname} (${l.ifalias}) left by an earlier run: deleting it`);
-      await runOk("ip", ["link", "del", "dev", l.ifname]);
-    }
-  }
+  const ourTrees = host.ourTrees;
 
   // ---------------------------------------------------------- install
   await t.test("install-hook + SIGHUP: libvirtd runs the virtqos hook", async () => {
-    // Build when dist is missing or older than the sources (the hook must run the code under test).
-    const newest = async (dir: string): Promise<number> => {
-      let m = 0;
-      for (const rel of await readdir(dir, { recursive: true })) {
-        const s = await stat(join(dir, rel));
-        if (s.isFile()) m = Math.max(m, s.mtimeMs);
-      }
-      return m;
-    };
-    const distAge = Math.min(
-      ...(await Promise.all(
-        [DIST_CLI, DIST_HOOK].map((f) =>
-          stat(f).then(
-            (s) => s.mtimeMs,
-            () => 0,
-          ),
-        ),
-      )),
-    );
-    if (distAge === 0 || distAge < (await newest(join(REPO, "src")))) {
-      const t0 = performance.now();
-      await promisify(execFile)(process.execPath, ["scripts/build.mjs"], { cwd: REPO });
-      t.diagnostic(`dist was ${distAge === 0 ? "missing" : "older than src/"}: built in ${ms(t0)}`);
-    }
-    assert.ok(existsSync(DIST_HOOK), "dist/hook.mjs exists");
-    await rm(HOOK_FILE, { force: true }); // an earlier install was saved above and is put back at the end
-    let r: Awaited<ReturnType<typeof cli>>;
-    try {
-      r = await cli(["install-hook"]);
-    } finally {
-      t.diagnostic(`libvirtd SIGHUP reload: ${Math.round(await reloadLibvirtd())} ms`);
-    }
+    // (An installed virtqos hook was saved by host.setUp and is put back at the end.)
+    const r = await installHook(t);
     assert.equal(r.code, 0, `install-hook: ${r.stderr}`);
     assert.ok(existsSync(HOOK_FILE), `${HOOK_FILE} installed`);
     assert.equal((await stat(HOOK_FILE)).mode & 0o777, 0o755, "hook is executable");
@@ -698,7 +366,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
     assert.ok(dev, `${g.name}: the live XML names a host device for ${g.spec.mac}`);
     const where = `${g.name} (${g.label}, ${dev})`;
 
-    const rec = JSON.parse(await readFile(recordFile(g.uuid), "utf8")) as RecordJson;
+    const rec = await readRecord(g.uuid);
     assert.equal(rec.domainName, g.name, `${where}: record domain name`);
     assert.equal(rec.interfaces.length, 1, `${where}: record has one interface`);
     const ri = rec.interfaces[0];
@@ -729,7 +397,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
 
     const minor = {} as Record<Dir, string>;
     for (const d of DIRS) {
-      const m: MemberLimitJson | undefined = ri.group?.[d];
+      const m: MemberLimit | undefined = ri.group?.[d];
       assert.ok(m && m.minor !== undefined, `${where}: record has the ${d} class minor`);
       assert.equal(m.floorBitsPerSec, 10 * MBIT, `${where}: record ${d} floor`);
       assert.equal(m.ceilBitsPerSec, ceilMbit * MBIT, `${where}: record ${d} ceiling`);
@@ -848,15 +516,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
 
   /** A stopped domain: no record, no status rows, no IFB with its UUID, nothing of virtqos on its (old) device. */
   async function assertGone(g: Guest, l: { dev: string; ifindex: number } | undefined) {
-    assert.ok(!existsSync(recordFile(g.uuid)), `${g.name}: record is gone`);
-    const { rows } = await virtqosStatus();
-    assert.deepEqual(
-      rows.filter((r) => r.domainUuid === g.uuid),
-      [],
-      `${g.name}: status lists nothing for it`,
-    );
-    const ifbs = (await links("ifb")).filter((x) => x.ifalias?.includes(`,${g.uuid},`));
-    assert.deepEqual(ifbs, [], `${g.name}: no IFB with its UUID`);
+    await assertDomainGone(g.name, g.uuid);
     if (l && (await linkExists(l.dev)) && (await ifindexOf(l.dev)) === l.ifindex) {
       // (libvirt deletes taps and macvtaps on destroy; if one survived it must carry nothing of virtqos.)
       assert.deepEqual(await redirects(l.dev, "ingress"), [], `${g.name}: ${l.dev} ingress`);
@@ -914,7 +574,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
   await t.test(`exactly two group IFBs for ${MIXED}; the trees hold exactly the members`, async () => {
     assert.equal(running().length, mixed.length, "every member passed its checks");
     await assertTrees(MIXED, running(), 40);
-    assert.deepEqual(await strayObjects(liveObjects(MIXED)), [], "no other virtqos object");
+    assert.deepEqual(await host.strayObjects(liveObjects(MIXED)), [], "no other virtqos object");
   });
 
   await t.test("virtqos status --json: every member with its group, matching", async () => {
@@ -947,7 +607,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
       assert.deepEqual(await assertMember(m.g, MIXED, 30), m.l, `${m.g.name}: same device and classes`);
     }
     await assertStatus(MIXED, running(), 30);
-    assert.deepEqual(await strayObjects(liveObjects(MIXED)), [], "no virtqos object left over");
+    assert.deepEqual(await host.strayObjects(liveObjects(MIXED)), [], "no virtqos object left over");
   });
 
   await t.test("destroy the other members: the group IFBs go, nothing of virtqos is left", async () => {
@@ -963,7 +623,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
       .filter((l) => ourTrees.has(l.ifname))
       .map((l) => `${l.ifname} (${l.ifalias})`);
     assert.deepEqual(left, [], `the IFBs of ${MIXED} went with its last member`);
-    assert.deepEqual(await strayObjects(), [], "no virtqos object left on any device");
+    assert.deepEqual(await host.strayObjects(), [], "no virtqos object left on any device");
   });
 
   // ------------------------------------------------------- 4. admission
@@ -1044,7 +704,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
           `${groupIfbName(ADM, d)}: no filter for ${gExtra.spec.mac}`,
         );
       }
-      const rec = JSON.parse(await readFile(recordFile(gExtra.uuid), "utf8")) as RecordJson;
+      const rec = await readRecord(gExtra.uuid);
       t.diagnostic(`record of the refused member: ${JSON.stringify(rec.interfaces)}`);
       const ri = rec.interfaces[0];
       assert.equal(ri?.dev, dev, `${where}: record dev (so a stop removes its shaping)`);
@@ -1061,7 +721,7 @@ test("virtqos groups through the libvirt hook, members of every interface type",
         dev,
         ifb,
       ];
-      assert.deepEqual(await strayObjects(liveDevs), [], "no other virtqos object");
+      assert.deepEqual(await host.strayObjects(liveDevs), [], "no other virtqos object");
     },
   );
 
@@ -1127,15 +787,12 @@ test("virtqos groups through the libvirt hook, members of every interface type",
     },
   );
 
-  await t.test(
-    "admission: the hook's log line carries the code GROUP_ADMISSION",
-    async () => {
-      const hook = await run(HOOK_FILE, [gExtra.name, "started", "begin", "-"], {
-        input: await domainXml(gExtra.name),
-      });
-      assert.match(hook.stderr, /ERROR: .*GROUP_ADMISSION/, `hook stderr: ${hook.stderr.trim()}`);
-    },
-  );
+  await t.test("admission: the hook's log line carries the code GROUP_ADMISSION", async () => {
+    const hook = await run(HOOK_FILE, [gExtra.name, "started", "begin", "-"], {
+      input: await domainXml(gExtra.name),
+    });
+    assert.match(hook.stderr, /ERROR: .*GROUP_ADMISSION/, `hook stderr: ${hook.stderr.trim()}`);
+  });
 
   await t.test(
     "admission: virtqos status lists the refused member, at the group ceiling, matching",
@@ -1183,6 +840,6 @@ test("virtqos groups through the libvirt hook, members of every interface type",
       .filter((l) => ourTrees.has(l.ifname))
       .map((l) => `${l.ifname} (${l.ifalias})`);
     assert.deepEqual(left, [], `the IFBs of ${ADM} went with its last member`);
-    assert.deepEqual(await strayObjects(), [], "no virtqos object left on any device");
+    assert.deepEqual(await host.strayObjects(), [], "no virtqos object left on any device");
   });
 });

@@ -20,17 +20,11 @@
  *   npx tsx --test test/e2e/virtqos-hook.test.ts
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import {
   type Bandwidth,
-  cleanupByPrefix,
   createLinuxBridge,
   createNetwork,
   createOvsBridge,
@@ -43,32 +37,37 @@ import {
   type InterfaceSpec,
   makeDomainXml,
   QEMU_HOOK_DIR,
-  type RunOptions,
-  reloadLibvirtd,
   run,
-  runOk,
   startDomain,
   tapsOf,
-  teardown,
   undefine,
   virsh,
 } from "./libvirt-env.js";
+import {
+  assertDomainGone,
+  cli,
+  cliOk,
+  DIST_HOOK,
+  HOOK_FILE,
+  HOOKS_DIR,
+  HookTestHost,
+  holdsDomain,
+  htbClasses,
+  ifindexOf,
+  installHook,
+  links,
+  ms,
+  type OurFilter,
+  ourFilters,
+  PRIO_MIN,
+  qdiscs,
+  readRecord,
+  recordFile,
+  virtqosStatus,
+  writePolicy,
+} from "./virtqos-e2e.js";
 
-// The CLI must look where libvirtd's hook looks (see the header).
-for (const k of ["VIRTQOS_CONFIG", "VIRTQOS_RUN_DIR", "VIRTQOS_NETNS", "VIRTQOS_LOG"]) delete process.env[k];
-
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
-const CLI = join(REPO, "bin", "virtqos");
-const DIST_CLI = join(REPO, "dist", "virtqos.mjs");
-const DIST_HOOK = join(REPO, "dist", "hook.mjs");
-const HOOKS_DIR = dirname(QEMU_HOOK_DIR); // /etc/libvirt/hooks, install-hook's default
-const HOOK_FILE = join(QEMU_HOOK_DIR, "virtqos");
-const POLICY_DIR = "/etc/virtqos";
-const POLICY_FILE = join(POLICY_DIR, "policy.yaml");
-const RECORDS_DIR = "/run/virtqos/domains";
 const QOS_NS = "https://virtqos.dev/xmlns/qos/1";
-const PRIO_MIN = 64000;
-const PRIO_MAX = 64099;
 
 // Every host object of this test starts with this prefix ("virtqos hook"): a crashed earlier run is swept
 // up front and nothing collides with the libvirt-env test's "vqe2e" objects.
@@ -87,45 +86,7 @@ const env = await ensureLibvirt({ ovs: true });
 
 // ------------------------------------------------------------------ helpers
 
-function cli(args: readonly string[], opts: RunOptions = {}) {
-  return run(process.execPath, [CLI, ...args], opts);
-}
-
-async function cliOk(args: readonly string[]): Promise<string> {
-  const r = await cli(args);
-  if (r.code !== 0)
-    throw new Error(`virtqos ${args.join(" ")} exited ${r.code}: ${(r.stderr || r.stdout).trim()}`);
-  return r.stdout;
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const ms = (t0: number) => `${Math.round(performance.now() - t0)} ms`;
-
-/** Write atomically, so a hook running at that moment never reads half a policy. */
-async function writePolicy(text: string): Promise<void> {
-  await mkdir(POLICY_DIR, { recursive: true });
-  const tmp = `${POLICY_FILE}.vqh-tmp`;
-  await writeFile(tmp, text, { mode: 0o644 });
-  await rename(tmp, POLICY_FILE);
-}
-
-interface Saved {
-  text: string;
-  mode: number;
-}
-async function save(path: string): Promise<Saved | undefined> {
-  if (!existsSync(path)) return undefined;
-  return { text: await readFile(path, "utf8"), mode: (await stat(path)).mode & 0o7777 };
-}
-async function restore(path: string, saved: Saved | undefined): Promise<void> {
-  if (!saved) {
-    await rm(path, { force: true });
-    return;
-  }
-  const tmp = `${path}.vqh-tmp`;
-  await writeFile(tmp, saved.text, { mode: saved.mode });
-  await rename(tmp, path);
-}
 
 /** How tc prints a rate (iproute2 print_rate) for a libvirt rate in kB/s (1 kB/s = 8000 bit/s). */
 function tcRate(kiloBytesPerSec: number): string {
@@ -134,169 +95,6 @@ function tcRate(kiloBytesPerSec: number): string {
   if (bits % 1e6 === 0) return `${bits / 1e6}Mbit`;
   if (bits % 1e3 === 0) return `${bits / 1e3}Kbit`;
   return `${bits}bit`;
-}
-
-// ------------------------------------------------------------ kernel state
-
-interface QdiscJson {
-  dev?: string;
-  kind: string;
-  handle: string;
-  root?: boolean;
-  parent?: string;
-}
-
-async function qdiscs(dev?: string): Promise<QdiscJson[]> {
-  const out = await runOk("tc", ["-j", "qdisc", "show", ...(dev ? ["dev", dev] : [])]);
-  return JSON.parse(out || "[]") as QdiscJson[];
-}
-
-interface HtbClassText {
-  classid: string;
-  rate?: string;
-  ceil?: string;
-  burst?: string;
-}
-
-/** HTB classes from `tc -d class show` (iproute2 6.1 has no JSON for them). */
-async function htbClasses(dev: string): Promise<HtbClassText[]> {
-  const out = await runOk("tc", ["-d", "class", "show", "dev", dev]);
-  return out
-    .split("\n")
-    .filter((l) => l.startsWith("class htb "))
-    .map((l) => {
-      const tok = l.trim().split(/\s+/);
-      const get = (key: string) => {
-        const i = tok.indexOf(key);
-        return i >= 0 ? tok[i + 1] : undefined;
-      };
-      return {
-        classid: tok[2] ?? "",
-        rate: get("rate"),
-        ceil: get("ceil"),
-        burst: get("burst")?.split("/")[0],
-      };
-    });
-}
-
-interface FilterJson {
-  pref?: number;
-  kind?: string;
-  options?: { actions?: { kind?: string; to_dev?: string; mirred_action?: string }[] };
-}
-
-async function filtersJson(dev: string, hook: "ingress" | "egress"): Promise<FilterJson[] | undefined> {
-  const r = await run("tc", ["-j", "filter", "show", "dev", dev, hook]);
-  if (r.code !== 0) return undefined; // no such device (any more) or no hook qdisc
-  return JSON.parse(r.stdout || "[]") as FilterJson[];
-}
-
-interface OurFilter {
-  prio: number;
-  kind?: string;
-  redirectTo?: string;
-}
-
-/** Filters in virtqos's priority range on a hook, one per real filter (u32 header entries skipped). */
-async function ourFilters(dev: string, hook: "ingress" | "egress"): Promise<OurFilter[]> {
-  return ((await filtersJson(dev, hook)) ?? [])
-    .filter((f) => f.pref !== undefined && f.pref >= PRIO_MIN && f.pref <= PRIO_MAX && f.options?.actions)
-    .map((f) => {
-      const mirred = f.options?.actions?.find((a) => a.kind === "mirred");
-      return {
-        prio: f.pref as number,
-        kind: f.kind,
-        redirectTo: mirred?.mirred_action === "redirect" ? mirred.to_dev : undefined,
-      };
-    });
-}
-
-interface LinkJson {
-  ifname: string;
-  ifindex: number;
-  flags?: string[];
-  ifalias?: string;
-}
-
-async function links(type?: string): Promise<LinkJson[]> {
-  return JSON.parse(
-    (await runOk("ip", ["-j", "link", "show", ...(type ? ["type", type] : [])])) || "[]",
-  ) as LinkJson[];
-}
-
-async function ifindexOf(dev: string): Promise<number> {
-  return Number((await readFile(`/sys/class/net/${dev}/ifindex`, "utf8")).trim());
-}
-
-/** Everything on the host that looks like virtqos's: root HTB 7651:, filters at prio 64000-64099, virtqos IFBs. */
-async function virtqosObjectsOnHost(): Promise<{ dev: string; what: string }[]> {
-  const found: { dev: string; what: string }[] = [];
-  const all = await qdiscs();
-  for (const q of all) {
-    if (q.dev && q.root && q.handle === "7651:")
-      found.push({ dev: q.dev, what: `root qdisc ${q.kind} 7651:` });
-  }
-  for (const q of all.filter((x) => x.parent === "ffff:fff1" && x.dev)) {
-    const dev = q.dev as string;
-    for (const hook of q.kind === "clsact" ? (["ingress", "egress"] as const) : (["ingress"] as const)) {
-      const prios = new Set(
-        ((await filtersJson(dev, hook)) ?? [])
-          .map((f) => f.pref)
-          .filter((p): p is number => p !== undefined && p >= PRIO_MIN && p <= PRIO_MAX),
-      );
-      for (const p of prios) found.push({ dev, what: `${hook} filter prio ${p}` });
-    }
-  }
-  for (const l of await links()) {
-    if (l.ifalias?.startsWith("virtqos/"))
-      found.push({ dev: l.ifname, what: `device with alias ${l.ifalias}` });
-  }
-  return found;
-}
-
-interface RecordJson {
-  domainName: string;
-  domainUuid: string;
-  interfaces: { mac: string; dev?: string; ifindex?: number; ifb?: string }[];
-}
-
-const recordFile = (uuid: string) => join(RECORDS_DIR, `${uuid}.json`);
-
-async function allRecords(): Promise<RecordJson[]> {
-  const files = await readdir(RECORDS_DIR).catch(() => [] as string[]);
-  const out: RecordJson[] = [];
-  for (const f of files.filter((x) => x.endsWith(".json"))) {
-    try {
-      out.push(JSON.parse(await readFile(join(RECORDS_DIR, f), "utf8")) as RecordJson);
-    } catch {
-      // torn or foreign: not ours to judge
-    }
-  }
-  return out;
-}
-
-interface StatusRow {
-  guest: string;
-  domainUuid: string;
-  mac: string;
-  dev?: string;
-  direction: "inbound" | "outbound";
-  enforcedOn?: string;
-  configured: { rateBitsPerSec: number; ceilBitsPerSec: number; source: string; mode: string };
-  kernel?: { rateBitsPerSec?: number; ceilBitsPerSec?: number };
-  matches: boolean;
-  note?: string;
-}
-
-async function virtqosStatus(): Promise<{ code: number; rows: StatusRow[] }> {
-  const r = await cli(["status", "--json"]);
-  let rows: StatusRow[];
-  try {
-    rows = (JSON.parse(r.stdout) as { interfaces: StatusRow[] }).interfaces;
-  } catch {
-    throw new Error(`virtqos status --json exited ${r.code} without JSON: ${r.stdout}${r.stderr}`);
-  }
-  return { code: r.code, rows };
 }
 
 /** Hook processes still running (the hook must return, not linger). */
@@ -375,38 +173,8 @@ function domainXml(d: DomainCase): string {
   });
 }
 
-/** Every UUID this test gives a domain: leftovers of these are ours to check and to clean. */
-const ourUuids = new Set<string>();
-function newUuid(): string {
-  const u = randomUUID();
-  ourUuids.add(u);
-  return u;
-}
-
-/** virtqos objects present before the test started (someone else's): never blamed on this test. */
-let baseline = new Set<string>();
-
-/**
- * virtqos objects on the host that are neither in the baseline nor accounted for by another domain's record
- * or IFB alias: anything listed here was left behind by this test's domains.
- */
-async function strayObjects(): Promise<string[]> {
-  const owned = new Set<string>();
-  for (const r of await allRecords()) {
-    if (ourUuids.has(r.domainUuid)) continue;
-    for (const i of r.interfaces) {
-      if (i.dev) owned.add(i.dev);
-      if (i.ifb) owned.add(i.ifb);
-    }
-  }
-  for (const l of await links()) {
-    const m = /^virtqos\/1,iface,([^,]+),/.exec(l.ifalias ?? "");
-    if ((m && !ourUuids.has(m[1] ?? "")) || l.ifalias?.startsWith("virtqos/1,group,")) owned.add(l.ifname);
-  }
-  return (await virtqosObjectsOnHost())
-    .filter((o) => !owned.has(o.dev) && !baseline.has(`${o.dev}|${o.what}`))
-    .map((o) => `${o.dev}: ${o.what}`);
-}
+const host = new HookTestHost(P, NEUTRAL_POLICY);
+const newUuid = () => host.newUuid();
 
 /**
  * Check one running domain: per interface the tap's root HTB 7651: / class 7651:1 at the rate of the
@@ -480,7 +248,7 @@ async function assertShaped(d: DomainCase): Promise<Map<string, Shaped>> {
     shaped.set(mac, { dev, ifindex: await ifindexOf(dev), ifb: ifbName });
   }
 
-  const rec = JSON.parse(await readFile(recordFile(d.uuid), "utf8")) as RecordJson;
+  const rec = await readRecord(d.uuid);
   assert.equal(rec.domainName, d.name, "record: domain name");
   assert.equal(rec.domainUuid, d.uuid, "record: domain uuid");
   for (const [mac, s] of shaped) {
@@ -527,25 +295,14 @@ async function assertStatus(
 
 /** After a domain stopped: its IFBs, its record and every virtqos object it had are gone. */
 async function assertCleaned(d: DomainCase, shaped: Map<string, Shaped> | undefined): Promise<void> {
-  const ifbs = await links("ifb");
-  const left = ifbs
-    .filter((l) => l.ifalias?.includes(`,${d.uuid},`))
-    .map((l) => `${l.ifname} (${l.ifalias})`);
-  assert.deepEqual(left, [], `${d.name}: IFBs with the domain's UUID in their alias`);
+  const ifbs = await assertDomainGone(d.name, d.uuid);
   for (const s of shaped?.values() ?? []) {
     assert.ok(!ifbs.some((l) => l.ifname === s.ifb), `${d.name}: IFB ${s.ifb} is gone`);
   }
-  assert.ok(!existsSync(recordFile(d.uuid)), `${d.name}: record ${recordFile(d.uuid)} is gone`);
-  const { rows } = await virtqosStatus();
-  assert.deepEqual(
-    rows.filter((r) => r.domainUuid === d.uuid),
-    [],
-    `${d.name}: virtqos status lists nothing for it`,
-  );
 }
 
 async function assertNoStrays(what: string): Promise<void> {
-  assert.deepEqual(await strayObjects(), [], `virtqos objects left on surviving devices after ${what}`);
+  assert.deepEqual(await host.strayObjects(), [], `virtqos objects left on surviving devices after ${what}`);
 }
 
 // -------------------------------------------------------------------- test
@@ -554,87 +311,13 @@ test("virtqos libvirt hook, end to end", {
   skip: env.ok ? false : env.reason,
   timeout: 900_000,
 }, async (t) => {
-  const savedHook = await save(HOOK_FILE);
-  const savedPolicy = await save(POLICY_FILE);
-  const policyDirExisted = existsSync(POLICY_DIR);
-
-  t.after(async () => {
-    const errors: string[] = [];
-    const step = async (what: string, fn: () => Promise<unknown>) => {
-      try {
-        await fn();
-      } catch (e) {
-        errors.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
-      }
-    };
-    const t0 = performance.now();
-    // Domains go while the hook is still installed and the policy is valid: virtqos removes its own objects.
-    await step("valid policy for the last stops", () => writePolicy(NEUTRAL_POLICY));
-    await step("teardown", teardown);
-    await step("sweep by prefix", () => cleanupByPrefix(P));
-    // Whatever virtqos still holds for this test's domains (an assertion failed half-way, a known bug).
-    for (const uuid of ourUuids) {
-      await step(`virtqos clear --domain ${uuid}`, async () => {
-        const held =
-          existsSync(recordFile(uuid)) || (await links("ifb")).some((l) => l.ifalias?.includes(`,${uuid},`));
-        if (held) await cliOk(["clear", "--domain", uuid]);
-      });
-    }
-    await step("hook file", () => restore(HOOK_FILE, savedHook));
-    await step("policy file", async () => {
-      await restore(POLICY_FILE, savedPolicy);
-      if (!policyDirExisted) await rmdir(POLICY_DIR).catch(() => {});
-    });
-    // With the hook gone (and nothing else in qemu.d), a SIGHUP turns libvirtd's qemu hooks off again.
-    await step("reload libvirtd", reloadLibvirtd);
-    t.diagnostic(`cleanup: ${ms(t0)}`);
-    if (errors.length) throw new Error(`cleanup left things behind:\n  ${errors.join("\n  ")}`);
-  });
-
-  await cleanupByPrefix(P);
-  await writePolicy(NEUTRAL_POLICY);
-  baseline = new Set((await virtqosObjectsOnHost()).map((o) => `${o.dev}|${o.what}`));
-  if (baseline.size)
-    t.diagnostic(`virtqos objects of others already on this host (ignored): ${[...baseline].join(", ")}`);
+  await host.setUp(t);
 
   // ---------------------------------------------------------- 1. install
   await t.test("install-hook writes qemu.d/virtqos; libvirtd sees it after SIGHUP", async () => {
-    // Build when dist is missing, or older than the sources (the hook must run the code under test).
-    const newest = async (dir: string): Promise<number> => {
-      let m = 0;
-      for (const rel of await readdir(dir, { recursive: true })) {
-        const s = await stat(join(dir, rel));
-        if (s.isFile()) m = Math.max(m, s.mtimeMs);
-      }
-      return m;
-    };
-    const distAge = Math.min(
-      ...(await Promise.all(
-        [DIST_CLI, DIST_HOOK].map((f) =>
-          stat(f).then(
-            (s) => s.mtimeMs,
-            () => 0,
-          ),
-        ),
-      )),
-    );
-    if (distAge === 0 || distAge < (await newest(join(REPO, "src")))) {
-      const t0 = performance.now();
-      await promisify(execFile)(process.execPath, ["scripts/build.mjs"], { cwd: REPO });
-      t.diagnostic(`dist was ${distAge === 0 ? "missing" : "older than src/"}: built in ${ms(t0)}`);
-    }
-    assert.ok(existsSync(DIST_HOOK), "dist/hook.mjs exists");
-
-    await rm(HOOK_FILE, { force: true }); // an earlier install was saved above and is put back at the end
+    // (An installed virtqos hook was saved by host.setUp and is put back at the end.)
     const others = (await readdir(QEMU_HOOK_DIR).catch(() => [] as string[])).filter((f) => f !== "virtqos");
-    let first: Awaited<ReturnType<typeof cli>>;
-    try {
-      first = await cli(["install-hook"]);
-    } finally {
-      // libvirtd re-scans its hook directories on SIGHUP; done even if an assertion below fails, so the
-      // following steps run with the hook active.
-      t.diagnostic(`libvirtd SIGHUP reload: ${Math.round(await reloadLibvirtd())} ms`);
-    }
+    const first = await installHook(t);
     assert.equal(first.code, 0, `install-hook: ${first.stderr}`);
     const lines = first.stdout.trim().split("\n");
     assert.equal(lines[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
@@ -655,7 +338,7 @@ test("virtqos libvirt hook, end to end", {
     assert.equal(st.mode & 0o777, 0o755, "hook is executable");
     const body = await readFile(HOOK_FILE, "utf8");
     assert.equal(body.split("\n")[0], `#!${process.execPath}`, "shebang: the node that ran install-hook");
-    assert.ok(body.includes(`import(${JSON.stringify(DIST_HOOK)})`), `hook imports ${DIST_HOOK}:\n${body}`);
+    assert.ok(body.includes(`require(${JSON.stringify(DIST_HOOK)})`), `hook loads ${DIST_HOOK}:\n${body}`);
 
     // Installing again (an upgrade) needs no reload; --hooks-dir given explicitly, at the default.
     const again = await cli(["install-hook", "--hooks-dir", HOOKS_DIR, "--json"]);
@@ -904,10 +587,7 @@ test("virtqos libvirt hook, end to end", {
         await destroy(bad.name);
         await writePolicy(NEUTRAL_POLICY);
         // Undo what the bug leaves, so the following steps start clean.
-        if (
-          existsSync(recordFile(bad.uuid)) ||
-          (await links("ifb")).some((l) => l.ifalias?.includes(`,${bad.uuid},`))
-        ) {
+        if (await holdsDomain(bad.uuid)) {
           t.diagnostic(
             `leftovers of ${bad.name} after the stop with a broken policy: removing with virtqos clear`,
           );

@@ -304,6 +304,17 @@ function describeOp(o: Op): string {
   }
 }
 
+/** The ops (as describeOp gives them) that take a member's class and MAC filter out of both seed 001 trees. */
+function memberLeavesTrees(g: Guest, minor: number): string[] {
+  const handle = `100:${bucketOf(g.mac)}:${hex(minor)}`;
+  return [
+    `class-del ${IFB.down} 7651:${hex(minor)}`,
+    `class-del ${IFB.up} 7651:${hex(minor)}`,
+    `tree-filter-del ${IFB.down} ${handle}`,
+    `tree-filter-del ${IFB.up} ${handle}`,
+  ];
+}
+
 /** A member's minor from the records, the same in both directions. */
 function minorOf(h: Host, g: Guest): number {
   const m = h.minors();
@@ -486,17 +497,13 @@ describe("golden: seed 001 as a policy, one domain at a time", () => {
     assert.deepEqual(s.plan.forget, [ROB.uuid]);
     assert.deepEqual(s.plan.records, []);
     assertGolden("group-seed-4-remove-rob", s.rendered);
-    const handle = `100:${bucketOf(ROB.mac)}:${hex(rob)}`;
     assert.deepEqual(
       s.plan.ops.map(describeOp).sort(),
       [
-        `class-del ${IFB.down} 7651:${hex(rob)}`,
-        `class-del ${IFB.up} 7651:${hex(rob)}`,
+        ...memberLeavesTrees(ROB, rob),
         `filter-del ${ROB.tap} egress 64001`,
         `filter-del ${ROB.tap} ingress 64000`,
         `hook-del ${ROB.tap}`,
-        `tree-filter-del ${IFB.down} ${handle}`,
-        `tree-filter-del ${IFB.up} ${handle}`,
       ].sort(),
       "no other op",
     );
@@ -766,16 +773,7 @@ describe("golden: sweep and policy changes", () => {
     const s = h.step([guestXml(JASON)]);
     assert.deepEqual(s.plan.problems, []);
     assertGolden("group-sweep-tap-gone", s.rendered);
-    const handle = `100:${bucketOf(ROB.mac)}:${hex(rob)}`;
-    assert.deepEqual(
-      s.plan.ops.map(describeOp).sort(),
-      [
-        `class-del ${IFB.down} 7651:${hex(rob)}`,
-        `class-del ${IFB.up} 7651:${hex(rob)}`,
-        `tree-filter-del ${IFB.down} ${handle}`,
-        `tree-filter-del ${IFB.up} ${handle}`,
-      ].sort(),
-    );
+    assert.deepEqual(s.plan.ops.map(describeOp).sort(), memberLeavesTrees(ROB, rob).sort());
     assert.ok(h.store.has(ROB.uuid), "another domain's record is not ours to forget");
   });
 

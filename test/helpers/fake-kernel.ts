@@ -16,6 +16,7 @@ import {
   filtersFromJson,
   linksFromJson,
   type ObservedDevice,
+  type ObservedLink,
   parseClasses,
   printTcRate,
   qdiscsFromJson,
@@ -57,13 +58,8 @@ export interface KTreeFilter {
   flowid?: string;
   spec: string;
 }
-export interface KDev {
-  name: string;
-  ifindex: number;
-  kind?: string;
-  alias?: string;
-  up: boolean;
-  master?: string;
+/** A link (what `ip -j link` reports of it) and the tc state on it. */
+export interface KDev extends ObservedLink {
   qdiscs: KQdisc[];
   classes: KClass[];
   filters: KFilter[];

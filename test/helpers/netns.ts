@@ -9,7 +9,7 @@ import { parseDomainXml } from "../../src/core/domain-xml.js";
 import { emptyPolicy, type Policy, parsePolicy } from "../../src/core/policy.js";
 import type { Capabilities } from "../../src/core/recipe.js";
 import { run } from "../../src/lab/exec.js";
-import type { Lab, LabGuest } from "../../src/lab/topology.js";
+import { type CreateLabOptions, createLab, type Lab, type LabGuest } from "../../src/lab/topology.js";
 
 // Shared plumbing for the namespace tests: a real engine against a lab's host namespace, a private run dir.
 
@@ -37,6 +37,21 @@ export async function harness(lab: Lab, caps?: Capabilities): Promise<Harness> {
   };
 }
 
+/** A fresh lab and a harness on its host namespace (caps probed there unless given); closeLab removes both. */
+export async function openLab(
+  opts: CreateLabOptions,
+  caps?: Capabilities,
+): Promise<{ lab: Lab; h: Harness }> {
+  const lab = await createLab(opts);
+  return { lab, h: await harness(lab, caps) };
+}
+
+/** Destroy a lab and its harness's run dir; either may be missing (a before() hook that failed half-way). */
+export async function closeLab(lab: Lab | undefined, h: Harness | undefined): Promise<void> {
+  await lab?.destroy();
+  h?.cleanup();
+}
+
 export interface IfaceSpec {
   guest: LabGuest;
   type?: "bridge" | "network" | "ethernet";
@@ -48,7 +63,10 @@ export interface IfaceSpec {
 
 let uuidCounter = 0;
 export function uuidFor(name: string): string {
-  const hex = Buffer.from(`${name}-${process.pid}-${uuidCounter++}`).toString("hex").padEnd(32, "0").slice(0, 32);
+  const hex = Buffer.from(`${name}-${process.pid}-${uuidCounter++}`)
+    .toString("hex")
+    .padEnd(32, "0")
+    .slice(0, 32);
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
@@ -112,5 +130,7 @@ export async function tcDump(ns: string, dev: string): Promise<string> {
 
 export async function ifbsIn(ns: string): Promise<string[]> {
   const r = await run("ip", ["-n", ns, "-j", "link", "show", "type", "ifb"]);
-  return (JSON.parse(r.stdout || "[]") as { ifname: string }[]).map((l) => l.ifname).filter((n) => n.startsWith("vq"));
+  return (JSON.parse(r.stdout || "[]") as { ifname: string }[])
+    .map((l) => l.ifname)
+    .filter((n) => n.startsWith("vq"));
 }

@@ -5,13 +5,14 @@ import { loadRecords } from "../../src/adapters/state.js";
 import { groupIfbName } from "../../src/core/names.js";
 import { run, sleep } from "../../src/lab/exec.js";
 import { runTransfers, type Transfer } from "../../src/lab/iperf.js";
-import { createLab, type Lab, type LabGuest } from "../../src/lab/topology.js";
+import type { Lab, LabGuest } from "../../src/lab/topology.js";
 import {
   applyXml,
+  closeLab,
   domainXml,
   type Harness,
-  harness,
   ifbsIn,
+  openLab,
   policy,
   removeDomain,
   SKIP_NOT_ROOT,
@@ -66,8 +67,7 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
   let xml: Record<keyof typeof uuids, string>;
   const pol = () => policy(SEED_001);
   before(async () => {
-    lab = await createLab({ guests: [{ name: "cliff" }, { name: "rob" }, { name: "jason" }] });
-    h = await harness(lab);
+    ({ lab, h } = await openLab({ guests: [{ name: "cliff" }, { name: "rob" }, { name: "jason" }] }));
     const [c, r, j] = lab.guests;
     xml = {
       cliff: domainXml("cliff", uuids.cliff, [{ guest: c, bridge: lab.bridge }]),
@@ -80,10 +80,7 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
       assert.deepEqual(res.plan.problems, []);
     }
   });
-  after(async () => {
-    await lab?.destroy();
-    h?.cleanup();
-  });
+  after(() => closeLab(lab, h));
 
   test("one tree per direction on the top-level group's IFBs, re-apply is a no-op", async () => {
     const ifbs = await ifbsIn(lab.hostNs);
@@ -123,12 +120,19 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
       const joined = await applyXml(h, [xml.rob], pol());
       assert.equal(joined.failure, undefined);
       // The join touched only rob's class, leaf and filters (and rob's tap), nothing of cliff's.
-      const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0].group?.inbound?.minor;
+      const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0].group
+        ?.inbound?.minor;
       assert.ok(cliffMinor !== undefined);
       const cliffClass = `7651:${cliffMinor.toString(16)}`;
       const touched = JSON.stringify(joined.plan.ops);
-      assert.ok(joined.plan.ops.every((o) => o.dev !== c.tap), "join touched cliff's tap");
-      assert.ok(!touched.includes(`${cliffClass}"`) && !touched.includes(`${cliffClass} `), `join touched ${cliffClass}: ${touched}`);
+      assert.ok(
+        joined.plan.ops.every((o) => o.dev !== c.tap),
+        "join touched cliff's tap",
+      );
+      assert.ok(
+        !touched.includes(`${cliffClass}"`) && !touched.includes(`${cliffClass} `),
+        `join touched ${cliffClass}: ${touched}`,
+      );
       await sleep(1500);
       await removeDomain(h, uuids.rob);
       const [res] = await transfer;
@@ -149,7 +153,10 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
     const rows = await collectStatus(processRunner({ netns: lab.hostNs }), h.runDir, h.caps, pol());
     const grouped = rows.filter((r) => r.group);
     assert.equal(grouped.length, 6);
-    assert.ok(grouped.every((r) => r.matches), JSON.stringify(grouped.filter((r) => !r.matches)));
+    assert.ok(
+      grouped.every((r) => r.matches),
+      JSON.stringify(grouped.filter((r) => !r.matches)),
+    );
     assert.deepEqual([...new Set(grouped.map((r) => r.group))].sort(), ["host/solo", "host/web"]);
   });
 
@@ -165,13 +172,9 @@ describe("groups: floors, admission, conflicts, sweep", { skip: SKIP_NOT_ROOT },
   let lab: Lab;
   let h: Harness;
   before(async () => {
-    lab = await createLab({ guests: [{ name: "a" }, { name: "b" }, { name: "c" }] });
-    h = await harness(lab);
+    ({ lab, h } = await openLab({ guests: [{ name: "a" }, { name: "b" }, { name: "c" }] }));
   });
-  after(async () => {
-    await lab?.destroy();
-    h?.cleanup();
-  });
+  after(() => closeLab(lab, h));
 
   test("unequal floors (20 and 5 in a 30 group): both get at least their floors", async () => {
     const [a, b] = lab.guests;
@@ -193,7 +196,10 @@ groups:
         const [big, small] = await busy(lab, [a, b], direction, protocol);
         assert.ok(big >= 0.95 * 20e6, `${protocol} ${direction}: big ${mbit(big)} < 0.95 x 20`);
         assert.ok(small >= 0.95 * 5e6, `${protocol} ${direction}: small ${mbit(small)} < 0.95 x 5`);
-        assert.ok(Math.abs((big + small) / 30e6 - 1) <= 0.02, `${protocol} ${direction}: total ${mbit(big + small)}`);
+        assert.ok(
+          Math.abs((big + small) / 30e6 - 1) <= 0.02,
+          `${protocol} ${direction}: total ${mbit(big + small)}`,
+        );
       }
     }
     await removeDomain(h, ub);
@@ -238,7 +244,11 @@ groups:
     select: { bridges: ["${lab.bridge}"] }
 `);
     const u = uuidFor("dup");
-    const r = await applyXml(h, [domainXml("dup", u, [{ guest: a, bridge: lab.bridge, inbound: { average: 1250 } }])], pol);
+    const r = await applyXml(
+      h,
+      [domainXml("dup", u, [{ guest: a, bridge: lab.bridge, inbound: { average: 1250 } }])],
+      pol,
+    );
     const p = r.plan.problems.find((x) => x.code === "GROUP_CONFLICT");
     assert.ok(p);
     assert.match(p.message, /by-name/);
@@ -279,7 +289,22 @@ groups:
     await run("ip", ["-n", lab.hostNs, "link", "set", "vqmvup", "up"]);
     const made = await run(
       "ip",
-      ["-n", lab.hostNs, "link", "add", "link", "vqmvup", "name", "vqmvtap", "address", "52:54:00:aa:00:01", "type", "macvtap", "mode", "bridge"],
+      [
+        "-n",
+        lab.hostNs,
+        "link",
+        "add",
+        "link",
+        "vqmvup",
+        "name",
+        "vqmvtap",
+        "address",
+        "52:54:00:aa:00:01",
+        "type",
+        "macvtap",
+        "mode",
+        "bridge",
+      ],
       { allowFail: true },
     );
     if (made.code !== 0) {
@@ -302,9 +327,26 @@ groups:
     assert.equal(r.failure, undefined, r.failure?.message);
     const dump = await tcDump(lab.hostNs, "vqmvtap");
     // Download arrives on the macvtap's ingress, upload leaves by its egress.
-    assert.match(dump, new RegExp(`pref 64000[\\s\\S]*Redirect to device ${groupIfbName("mixed", "inbound")}`));
-    assert.match(dump, new RegExp(`pref 64001[\\s\\S]*Redirect to device ${groupIfbName("mixed", "outbound")}`));
-    const tree = (await run("tc", ["-n", lab.hostNs, "filter", "show", "dev", groupIfbName("mixed", "inbound"), "parent", "7651:"])).stdout;
+    assert.match(
+      dump,
+      new RegExp(`pref 64000[\\s\\S]*Redirect to device ${groupIfbName("mixed", "inbound")}`),
+    );
+    assert.match(
+      dump,
+      new RegExp(`pref 64001[\\s\\S]*Redirect to device ${groupIfbName("mixed", "outbound")}`),
+    );
+    const tree = (
+      await run("tc", [
+        "-n",
+        lab.hostNs,
+        "filter",
+        "show",
+        "dev",
+        groupIfbName("mixed", "inbound"),
+        "parent",
+        "7651:",
+      ])
+    ).stdout;
     assert.match(tree, /match 00005254\/0000ffff at -16/);
     assert.equal(tree.match(/\*flowid 7651:/g)?.length, 2, tree);
     await removeDomain(h, ud);

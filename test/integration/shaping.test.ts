@@ -4,13 +4,14 @@ import { loadRecords } from "../../src/adapters/state.js";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import { run } from "../../src/lab/exec.js";
 import { runTransfers } from "../../src/lab/iperf.js";
-import { createLab, type Lab } from "../../src/lab/topology.js";
+import type { Lab } from "../../src/lab/topology.js";
 import {
   applyXml,
+  closeLab,
   domainXml,
   type Harness,
-  harness,
   ifbsIn,
+  openLab,
   policy,
   removeDomain,
   SKIP_NOT_ROOT,
@@ -35,13 +36,9 @@ describe("shaping accuracy in namespaces", { skip: SKIP_NOT_ROOT }, () => {
   let lab: Lab;
   let h: Harness;
   before(async () => {
-    lab = await createLab({ guests: [{ name: "a" }] });
-    h = await harness(lab);
+    ({ lab, h } = await openLab({ guests: [{ name: "a" }] }));
   });
-  after(async () => {
-    await lab?.destroy();
-    h?.cleanup();
-  });
+  after(() => closeLab(lab, h));
 
   test("unshaped baseline is far above every tested limit", async () => {
     const g = lab.guests[0];
@@ -60,17 +57,33 @@ describe("shaping accuracy in namespaces", { skip: SKIP_NOT_ROOT }, () => {
         const kBps = (mbit * 1e6) / 8000;
         const uuid = uuidFor("acc");
         const r = await applyXml(h, [
-          domainXml("acc", uuid, [{ guest: g, bridge: lab.bridge, inbound: { average: kBps }, outbound: { average: kBps } }]),
+          domainXml("acc", uuid, [
+            { guest: g, bridge: lab.bridge, inbound: { average: kBps }, outbound: { average: kBps } },
+          ]),
         ]);
         assert.equal(r.failure, undefined);
         assert.deepEqual(r.plan.problems, []);
         // One direction at a time: with both at once, each flow's ACKs queue behind the other's data in a
         // FIFO leaf (this kernel has no fq_codel), which is a property of TCP, not of the shaper.
         const [down] = await runTransfers(lab, [
-          { guest: g, direction: "download", protocol, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: mbit * 1.5e6 },
+          {
+            guest: g,
+            direction: "download",
+            protocol,
+            seconds: 4,
+            omitSeconds: 1,
+            udpRateBitsPerSec: mbit * 1.5e6,
+          },
         ]);
         const [up] = await runTransfers(lab, [
-          { guest: g, direction: "upload", protocol, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: mbit * 1.5e6 },
+          {
+            guest: g,
+            direction: "upload",
+            protocol,
+            seconds: 4,
+            omitSeconds: 1,
+            udpRateBitsPerSec: mbit * 1.5e6,
+          },
         ]);
         within(down.l2BitsPerSec, mbit * 1e6, "download (inbound)");
         within(up.l2BitsPerSec, mbit * 1e6, "upload (outbound)");
@@ -83,14 +96,32 @@ describe("shaping accuracy in namespaces", { skip: SKIP_NOT_ROOT }, () => {
     const g = lab.guests[0];
     const uuid = uuidFor("v6");
     await applyXml(h, [
-      domainXml("v6", uuid, [{ guest: g, bridge: lab.bridge, inbound: { average: 1250 }, outbound: { average: 1250 } }]),
+      domainXml("v6", uuid, [
+        { guest: g, bridge: lab.bridge, inbound: { average: 1250 }, outbound: { average: 1250 } },
+      ]),
     ]);
     for (const protocol of ["tcp", "udp"] as const) {
       const [down] = await runTransfers(lab, [
-        { guest: g, direction: "download", protocol, family: 6, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: 15e6 },
+        {
+          guest: g,
+          direction: "download",
+          protocol,
+          family: 6,
+          seconds: 4,
+          omitSeconds: 1,
+          udpRateBitsPerSec: 15e6,
+        },
       ]);
       const [up] = await runTransfers(lab, [
-        { guest: g, direction: "upload", protocol, family: 6, seconds: 4, omitSeconds: 1, udpRateBitsPerSec: 15e6 },
+        {
+          guest: g,
+          direction: "upload",
+          protocol,
+          family: 6,
+          seconds: 4,
+          omitSeconds: 1,
+          udpRateBitsPerSec: 15e6,
+        },
       ]);
       within(down.l2BitsPerSec, 10e6, `IPv6 ${protocol} download`);
       within(up.l2BitsPerSec, 10e6, `IPv6 ${protocol} upload`);
@@ -103,19 +134,20 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
   let lab: Lab;
   let h: Harness;
   before(async () => {
-    lab = await createLab({ guests: [{ name: "a" }, { name: "b" }] });
-    h = await harness(lab);
+    ({ lab, h } = await openLab({ guests: [{ name: "a" }, { name: "b" }] }));
   });
-  after(async () => {
-    await lab?.destroy();
-    h?.cleanup();
-  });
+  after(() => closeLab(lab, h));
 
   test("re-applying an unchanged desired state makes no change", async () => {
     const [a] = lab.guests;
     const uuid = uuidFor("idem");
     const xml = domainXml("idem", uuid, [
-      { guest: a, bridge: lab.bridge, inbound: { average: 2500, peak: 5000, burst: 256 }, outbound: { average: 1250 } },
+      {
+        guest: a,
+        bridge: lab.bridge,
+        inbound: { average: 2500, peak: 5000, burst: 256 },
+        outbound: { average: 1250 },
+      },
     ]);
     const first = await applyXml(h, [xml]);
     assert.ok(first.applied && first.plan.ops.length > 0);
@@ -126,11 +158,19 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     // A changed limit changes only what differs, in place.
     const changed = await applyXml(h, [
       domainXml("idem", uuid, [
-        { guest: a, bridge: lab.bridge, inbound: { average: 2500, peak: 5000, burst: 256 }, outbound: { average: 2500 } },
+        {
+          guest: a,
+          bridge: lab.bridge,
+          inbound: { average: 2500, peak: 5000, burst: 256 },
+          outbound: { average: 2500 },
+        },
       ]),
     ]);
     assert.ok(changed.plan.ops.length > 0);
-    assert.ok(changed.plan.ops.every((o) => o.op === "class-replace" || o.op === "leaf-replace"), JSON.stringify(changed.plan.ops));
+    assert.ok(
+      changed.plan.ops.every((o) => o.op === "class-replace" || o.op === "leaf-replace"),
+      JSON.stringify(changed.plan.ops),
+    );
     await removeDomain(h, uuid);
   });
 
@@ -161,11 +201,16 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
   test("a foreign filter and its hook qdisc survive apply and cleanup", async () => {
     const [a] = lab.guests;
     await run("tc", ["-n", lab.hostNs, "qdisc", "add", "dev", a.tap, "clsact"]);
-    await run("tc", [
-      "-n",
-      lab.hostNs,
-      ..."filter add dev TAP ingress prio 10 protocol ip u32 match ip dst 192.0.2.1/32 flowid :1".split(" "),
-    ].map((x) => (x === "TAP" ? a.tap : x)));
+    await run(
+      "tc",
+      [
+        "-n",
+        lab.hostNs,
+        ..."filter add dev TAP ingress prio 10 protocol ip u32 match ip dst 192.0.2.1/32 flowid :1".split(
+          " ",
+        ),
+      ].map((x) => (x === "TAP" ? a.tap : x)),
+    );
     const uuid = uuidFor("foreign");
     const r = await applyXml(h, [
       domainXml("foreign", uuid, [{ guest: a, bridge: lab.bridge, outbound: { average: 1250 } }]),
@@ -195,7 +240,11 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     assert.equal(r.plan.problems.length, 1);
     assert.equal(r.plan.problems[0].code, "ROOT_QDISC_FOREIGN");
     assert.match(await tcDump(lab.hostNs, a.tap), /qdisc htb 1: root/);
-    assert.match(await tcDump(lab.hostNs, b.tap), /qdisc htb 7651: root/, "the other interface is still shaped");
+    assert.match(
+      await tcDump(lab.hostNs, b.tap),
+      /qdisc htb 7651: root/,
+      "the other interface is still shaped",
+    );
     await removeDomain(h, uuid);
     await run("tc", ["-n", lab.hostNs, "qdisc", "del", "dev", a.tap, "root"]);
   });
@@ -220,7 +269,10 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     assert.equal(r.failure.restored, true);
     assert.equal(r.failure.tool, "tc");
     assert.match(r.failure.line ?? "", /fq_codel/);
-    assert.ok(r.failure.lineNumber && r.failure.lineNumber > 1, "failure should be after at least one applied line");
+    assert.ok(
+      r.failure.lineNumber && r.failure.lineNumber > 1,
+      "failure should be after at least one applied line",
+    );
     assert.equal(await tcDump(lab.hostNs, a.tap), beforeTap);
     assert.equal(await tcDump(lab.hostNs, ifbsBefore[0]), beforeIfb);
     await removeDomain(h, uuid);
@@ -245,7 +297,9 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
       ],
       meta,
     );
-    const pol = policy(`domains:\n  - name: prec\n    interfaces:\n      - mac: "${a.mac}"\n        inbound: { average: 3mbit }\n`);
+    const pol = policy(
+      `domains:\n  - name: prec\n    interfaces:\n      - mac: "${a.mac}"\n        inbound: { average: 3mbit }\n`,
+    );
     const r = await applyXml(h, [xml], pol);
     const byMac = new Map(r.desired.map((d) => [d.mac, d]));
     assert.equal(byMac.get(a.mac)?.inbound?.source, "policy");
@@ -259,11 +313,16 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
 
   test("the libvirt 9.0 fixture shapes its taps when they exist", async () => {
     // The captured cliff XML names taps tap-cliff0/1; give the lab those names in a fresh lab.
-    const fixtureLab = await createLab({ guests: [{ name: "c0", tap: "tap-cliff0", mac: "52:54:00:00:00:01" }] });
-    const fh = await harness(fixtureLab, h.caps);
+    const { lab: fixtureLab, h: fh } = await openLab(
+      { guests: [{ name: "c0", tap: "tap-cliff0", mac: "52:54:00:00:00:01" }] },
+      h.caps,
+    );
     try {
       const { readFileSync } = await import("node:fs");
-      const xml = readFileSync(new URL("../fixtures/libvirt-9.0/cliff-start-begin.xml", import.meta.url), "utf8");
+      const xml = readFileSync(
+        new URL("../fixtures/libvirt-9.0/cliff-start-begin.xml", import.meta.url),
+        "utf8",
+      );
       const dom = parseDomainXml(xml);
       const pol = policy(`defaults:\n  inbound: { average: 20mbit }\n  outbound: { average: 10mbit }\n`);
       const r = await applyXml(fh, [xml], pol);
@@ -274,8 +333,7 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
       await removeDomain(fh, dom.uuid);
       assert.deepEqual(await ifbsIn(fixtureLab.hostNs), []);
     } finally {
-      await fixtureLab.destroy();
-      fh.cleanup();
+      await closeLab(fixtureLab, fh);
     }
   });
 });
