@@ -82,81 +82,76 @@ export async function collectStatus(
   for (const r of records) {
     for (const i of r.interfaces) {
       const key = `${r.domainUuid}/${i.mac}`;
+      const exists = !!(i.dev && observed.links.has(i.dev));
       for (const direction of ["inbound", "outbound"] as const) {
         const member = i.group?.[direction];
+        let shown: Pick<StatusRow, "enforcedOn" | "group" | "configured" | "kernel">;
+        let counters: { bytes?: number; packets?: number; drops?: number; overlimits?: number } | undefined;
+        let present = true;
         if (i.group && member?.minor !== undefined) {
+          // A group member: its class in the group's tree, rate = floor, ceil = its ceiling.
           const ifb = groupIfbName(i.group.tree, direction);
-          const cls = observed.devices
-            .get(ifb)
-            ?.classes.find((c) => c.classid === `${ROOT_MAJOR}:${minorHex(member.minor!)}`);
-          const exists = !!(i.dev && observed.links.has(i.dev));
-          rows.push({
-            guest: r.domainName,
-            domainUuid: r.domainUuid,
-            mac: i.mac,
-            dev: i.dev,
-            direction,
+          const classid = `${ROOT_MAJOR}:${minorHex(member.minor)}`;
+          const cls = observed.devices.get(ifb)?.classes.find((c) => c.classid === classid);
+          const path = i.group.path.join("/");
+          shown = {
             enforcedOn: ifb,
-            group: i.group.path.join("/"),
+            group: path,
             configured: {
               rateBitsPerSec: member.ceilBitsPerSec,
               ceilBitsPerSec: member.ceilBitsPerSec,
               floorBitsPerSec: member.floorBitsPerSec,
-              source: `group ${i.group.path.join("/")} (${i.group.via})`,
+              source: `group ${path} (${i.group.via})`,
               mode: "shape",
             },
+            kernel: cls && {
+              rateBitsPerSec: cls.ceilBitsPerSec,
+              ceilBitsPerSec: cls.ceilBitsPerSec,
+              floorBitsPerSec: cls.rateBitsPerSec,
+            },
+          };
+          counters = cls?.stats;
+          present = !!cls;
+        } else {
+          const limit = i[direction];
+          if (!limit) continue;
+          const onRoot = hookFor(direction, i.swapped) === "root";
+          const police = !onRoot && limit.mode === "police" && direction === "outbound";
+          const enforcedOn = onRoot || police ? i.dev : i.ifb;
+          const cls = enforcedOn
+            ? observed.devices.get(enforcedOn)?.classes.find((c) => c.classid === IFACE_CLASSID)
+            : undefined;
+          const filter = police
+            ? observed.devices
+                .get(i.dev ?? "")
+                ?.filters.find((f) => f.prio === PRIO_REDIRECT && f.hook === "ingress")
+            : undefined;
+          shown = {
+            enforcedOn,
+            configured: {
+              rateBitsPerSec: limit.rateBitsPerSec,
+              ceilBitsPerSec: limit.ceilBitsPerSec,
+              source: limit.source,
+              mode: police ? "police" : "shape",
+            },
             kernel: cls
-              ? {
-                  rateBitsPerSec: cls.ceilBitsPerSec,
-                  ceilBitsPerSec: cls.ceilBitsPerSec,
-                  floorBitsPerSec: cls.rateBitsPerSec,
-                }
-              : undefined,
-            bytes: cls?.stats?.bytes ?? 0,
-            packets: cls?.stats?.packets ?? 0,
-            drops: cls?.stats?.drops ?? 0,
-            overlimits: cls?.stats?.overlimits ?? 0,
-            matches: exists && !!cls && !drift.has(key),
-            note: exists ? undefined : `host device ${i.dev} is gone`,
-          });
-          continue;
+              ? { rateBitsPerSec: cls.rateBitsPerSec, ceilBitsPerSec: cls.ceilBitsPerSec }
+              : filter?.police && { rateBitsPerSec: filter.police.rateBitsPerSec, police: true },
+          };
+          counters = cls?.stats ?? filter?.stats;
         }
-        const limit = i[direction];
-        if (!limit) continue;
-        const onRoot = hookFor(direction, i.swapped) === "root";
-        const police = !onRoot && limit.mode === "police" && direction === "outbound";
-        const enforcedOn = onRoot || police ? i.dev : i.ifb;
-        const dev = enforcedOn ? observed.devices.get(enforcedOn) : undefined;
-        const cls = dev?.classes.find((c) => c.classid === IFACE_CLASSID);
-        const filter = police
-          ? observed.devices
-              .get(i.dev ?? "")
-              ?.filters.find((f) => f.prio === PRIO_REDIRECT && f.hook === "ingress")
-          : undefined;
-        const exists = !!(i.dev && observed.links.has(i.dev));
         rows.push({
           guest: r.domainName,
           domainUuid: r.domainUuid,
           mac: i.mac,
           dev: i.dev,
           direction,
-          enforcedOn,
-          configured: {
-            rateBitsPerSec: limit.rateBitsPerSec,
-            ceilBitsPerSec: limit.ceilBitsPerSec,
-            source: limit.source,
-            mode: police ? "police" : "shape",
-          },
-          kernel: cls
-            ? { rateBitsPerSec: cls.rateBitsPerSec, ceilBitsPerSec: cls.ceilBitsPerSec }
-            : filter?.police
-              ? { rateBitsPerSec: filter.police.rateBitsPerSec, police: true }
-              : undefined,
-          bytes: cls?.stats?.bytes ?? filter?.stats?.bytes ?? 0,
-          packets: cls?.stats?.packets ?? filter?.stats?.packets ?? 0,
-          drops: cls?.stats?.drops ?? 0,
-          overlimits: cls?.stats?.overlimits ?? 0,
-          matches: exists && !drift.has(key),
+          ...shown,
+          bytes: counters?.bytes ?? 0,
+          packets: counters?.packets ?? 0,
+          drops: counters?.drops ?? 0,
+          overlimits: counters?.overlimits ?? 0,
+          matches: exists && present && !drift.has(key),
           note: exists ? undefined : `host device ${i.dev} is gone`,
         });
       }

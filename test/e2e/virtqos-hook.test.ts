@@ -307,494 +307,506 @@ async function assertNoStrays(what: string): Promise<void> {
 
 // -------------------------------------------------------------------- test
 
-test("virtqos libvirt hook, end to end", {
-  skip: env.ok ? false : env.reason,
-  timeout: 900_000,
-}, async (t) => {
-  await host.setUp(t);
+test(
+  "virtqos libvirt hook, end to end",
+  {
+    skip: env.ok ? false : env.reason,
+    timeout: 900_000,
+  },
+  async (t) => {
+    await host.setUp(t);
 
-  // ---------------------------------------------------------- 1. install
-  await t.test("install-hook writes qemu.d/virtqos; libvirtd sees it after SIGHUP", async () => {
-    // (An installed virtqos hook was saved by host.setUp and is put back at the end.)
-    const others = (await readdir(QEMU_HOOK_DIR).catch(() => [] as string[])).filter((f) => f !== "virtqos");
-    const first = await installHook(t);
-    assert.equal(first.code, 0, `install-hook: ${first.stderr}`);
-    const lines = first.stdout.trim().split("\n");
-    assert.equal(lines[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
-    assert.equal(lines.length, 2, first.stdout);
-    if (others.length === 0) {
-      // A first hook: libvirtd only notices it when it (re)loads, and the message must say so.
-      assert.match(
-        lines[1] ?? "",
-        /reload|restart|SIGHUP/i,
-        "tells the operator libvirtd must re-read its hooks",
+    // ---------------------------------------------------------- 1. install
+    await t.test("install-hook writes qemu.d/virtqos; libvirtd sees it after SIGHUP", async () => {
+      // (An installed virtqos hook was saved by host.setUp and is put back at the end.)
+      const others = (await readdir(QEMU_HOOK_DIR).catch(() => [] as string[])).filter(
+        (f) => f !== "virtqos",
       );
-    } else {
-      t.diagnostic(`other qemu hooks present (${others.join(", ")}): libvirtd already runs qemu.d`);
-    }
-
-    const st = await stat(HOOK_FILE);
-    assert.ok(st.isFile(), "hook is a regular file");
-    assert.equal(st.mode & 0o777, 0o755, "hook is executable");
-    const body = await readFile(HOOK_FILE, "utf8");
-    assert.equal(body.split("\n")[0], `#!${process.execPath}`, "shebang: the node that ran install-hook");
-    assert.ok(body.includes(`require(${JSON.stringify(DIST_HOOK)})`), `hook loads ${DIST_HOOK}:\n${body}`);
-
-    // Installing again (an upgrade) needs no reload; --hooks-dir given explicitly, at the default.
-    const again = await cli(["install-hook", "--hooks-dir", HOOKS_DIR, "--json"]);
-    assert.equal(again.code, 0, again.stderr);
-    const j = JSON.parse(again.stdout) as { path: string; restartNeeded: boolean; message: string };
-    assert.equal(j.path, HOOK_FILE);
-    assert.equal(j.restartNeeded, false, "re-installing over an installed hook needs no reload");
-    assert.equal(j.message.split("\n")[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
-    assert.equal(await readFile(HOOK_FILE, "utf8"), body, "re-install writes the same file");
-
-    // The installed file runs on its own the way libvirt calls it: an operation it ignores, silently.
-    const t0 = performance.now();
-    const probe = await run(HOOK_FILE, [`${P}-none`, "prepare", "begin", "-"], { input: "<domain/>" });
-    assert.equal(probe.code, 0, `hook exit status (stderr: ${probe.stderr})`);
-    assert.equal(probe.stdout, "", "hook prints nothing on stdout");
-    t.diagnostic(`one hook run (prepare begin, ignored): ${ms(t0)}`);
-  });
-
-  // ---------------------------------------------------- host prerequisites
-  const bridge = await createLinuxBridge(`${P}-br0`);
-  const veth = await createVethPair(`${P}-up0`, `${P}-up1`);
-  const network = await createNetwork({ name: `${P}-net`, mode: "bridge", bridge });
-  const ovsBridge = env.ovs.ok ? await createOvsBridge(`${P}-ovs0`) : undefined;
-  if (!ovsBridge) t.diagnostic(`OVS interfaces not tested: ${env.ovs.reason}`);
-
-  const doctor = JSON.parse(await cliOk(["doctor", "--json"])) as {
-    actions: string[];
-    ifb: boolean;
-    ok: boolean;
-  };
-  t.diagnostic(`virtqos doctor: ok=${doctor.ok} ifb=${doctor.ifb} actions=${doctor.actions.join(",")}`);
-  assert.ok(doctor.ok, "virtqos doctor: this kernel can shape both directions (HTB, IFB, mirred)");
-
-  // ------------------------------------------ <bandwidth>: empirical probe
-  /**
-   * libvirt's own <bandwidth> is applied by libvirt before the hook runs, with tc features this kernel may
-   * lack (inbound: HTB + sfq leaf; outbound: an ingress police filter). Measured here (kernel without sfq
-   * and police): bridge, network, ethernet and direct (macvtap) guests FAIL to start with either direction;
-   * only an OVS port starts, because libvirt hands the limits to OVS: inbound becomes an OVS linux-htb
-   * QoS (a root HTB 1: on the tap, which virtqos then treats as foreign and leaves alone), outbound becomes
-   * ingress_policing_rate, which OVS fails to install (no police action) after creating an `ingress` qdisc.
-   * So the only <bandwidth> virtqos can act on here is <outbound> on an OVS port: the main guest uses it
-   * there (instead of metadata) wherever this probe finds that libvirt starts the guest with it. `direct`
-   * is never given <bandwidth>: libvirt's outbound on a macvtap is a root qdisc, which virtqos must not
-   * replace. The probe re-runs on every host, so a kernel with sfq/police changes the plan automatically.
-   */
-  const bandwidthOutboundOk = new Set<string>();
-  const probeSpecs: [string, InterfaceSpec][] = [
-    ["bridge", { type: "bridge", bridge, mac: "52:54:00:7a:0f:01" }],
-    ["network", { type: "network", network, mac: "52:54:00:7a:0f:02" }],
-    ["ethernet", { type: "ethernet", mac: "52:54:00:7a:0f:03" }],
-    ["direct", { type: "direct", dev: veth.a, mode: "bridge", mac: "52:54:00:7a:0f:04" }],
-  ];
-  if (ovsBridge)
-    probeSpecs.push(["ovs", { type: "bridge", bridge: ovsBridge, ovs: true, mac: "52:54:00:7a:0f:05" }]);
-
-  await t.test("libvirt <bandwidth>: which interface types libvirt can start a guest with here", async () => {
-    const t0 = performance.now();
-    const table: string[] = [];
-    for (const [label, spec] of probeSpecs) {
-      for (const direction of ["inbound", "outbound"] as const) {
-        const name = `${P}-bw-${label}-${direction.slice(0, 2)}`;
-        const bandwidth: Bandwidth = { [direction]: { average: 1250 } };
-        let result: string;
-        try {
-          await defineAndStart(
-            makeDomainXml({ name, uuid: newUuid(), interfaces: [{ ...spec, bandwidth }] }),
-          );
-          const dev = (await tapsOf(name)).get(spec.mac) ?? "?";
-          const root = (await qdiscs(dev).catch(() => [])).find((q) => q.root);
-          result = `starts (root qdisc on ${dev}: ${root?.kind} ${root?.handle})`;
-          if (direction === "outbound" && label !== "direct") bandwidthOutboundOk.add(label);
-        } catch (e) {
-          const lines = (e instanceof Error ? e.message : String(e)).split("\n").filter((l) => l.trim());
-          result = `FAILS: ${(lines[lines.length - 1] ?? "").replace(/^error: /, "").slice(0, 160)}`;
-        } finally {
-          await destroy(name);
-          await undefine(name);
-        }
-        table.push(`${label} <${direction}>: ${result}`);
+      const first = await installHook(t);
+      assert.equal(first.code, 0, `install-hook: ${first.stderr}`);
+      const lines = first.stdout.trim().split("\n");
+      assert.equal(lines[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
+      assert.equal(lines.length, 2, first.stdout);
+      if (others.length === 0) {
+        // A first hook: libvirtd only notices it when it (re)loads, and the message must say so.
+        assert.match(
+          lines[1] ?? "",
+          /reload|restart|SIGHUP/i,
+          "tells the operator libvirtd must re-read its hooks",
+        );
+      } else {
+        t.diagnostic(`other qemu hooks present (${others.join(", ")}): libvirtd already runs qemu.d`);
       }
-    }
-    for (const l of table) t.diagnostic(l);
-    t.diagnostic(
-      `probe: ${ms(t0)}; <bandwidth><outbound> used for: ${[...bandwidthOutboundOk].join(", ") || "none"}`,
-    );
-    await assertNoStrays("the <bandwidth> probe");
-  });
 
-  // --------------------------------------------- 2./3. start: everything
-  const all: DomainCase = {
-    name: `${P}-all`,
-    uuid: newUuid(),
-    cases: [
-      {
-        label: "bridge",
-        spec: { type: "bridge", bridge, mac: "52:54:00:7a:00:01", target: `${P}-tbr` },
-        inbound: { average: 2500, peak: 5000, burst: 256 },
-        outbound: { average: 1250 },
-        outboundVia: "metadata",
-      },
-      {
-        label: "network",
-        spec: { type: "network", network, mac: "52:54:00:7a:00:02" },
-        inbound: { average: 2000 },
-        outbound: { average: 1000 },
-        outboundVia: "metadata",
-      },
-      {
-        label: "ethernet",
-        spec: { type: "ethernet", mac: "52:54:00:7a:00:03", target: `${P}-teth` },
-        inbound: { average: 1500 },
-        outbound: { average: 750 },
-        outboundVia: "metadata",
-      },
-      {
-        label: "direct",
-        spec: { type: "direct", dev: veth.a, mode: "bridge", mac: "52:54:00:7a:00:04" },
-        inbound: { average: 1000 },
-        outbound: { average: 500 },
-        outboundVia: "metadata",
-      },
-    ],
-  };
-  if (ovsBridge) {
-    all.cases.push({
-      label: "ovs",
-      spec: { type: "bridge", bridge: ovsBridge, ovs: true, mac: "52:54:00:7a:00:05" },
-      inbound: { average: 3000 },
-      outbound: { average: 1500 },
-      outboundVia: "metadata",
+      const st = await stat(HOOK_FILE);
+      assert.ok(st.isFile(), "hook is a regular file");
+      assert.equal(st.mode & 0o777, 0o755, "hook is executable");
+      const body = await readFile(HOOK_FILE, "utf8");
+      assert.equal(body.split("\n")[0], `#!${process.execPath}`, "shebang: the node that ran install-hook");
+      assert.ok(body.includes(`require(${JSON.stringify(DIST_HOOK)})`), `hook loads ${DIST_HOOK}:\n${body}`);
+
+      // Installing again (an upgrade) needs no reload; --hooks-dir given explicitly, at the default.
+      const again = await cli(["install-hook", "--hooks-dir", HOOKS_DIR, "--json"]);
+      assert.equal(again.code, 0, again.stderr);
+      const j = JSON.parse(again.stdout) as { path: string; restartNeeded: boolean; message: string };
+      assert.equal(j.path, HOOK_FILE);
+      assert.equal(j.restartNeeded, false, "re-installing over an installed hook needs no reload");
+      assert.equal(j.message.split("\n")[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
+      assert.equal(await readFile(HOOK_FILE, "utf8"), body, "re-install writes the same file");
+
+      // The installed file runs on its own the way libvirt calls it: an operation it ignores, silently.
+      const t0 = performance.now();
+      const probe = await run(HOOK_FILE, [`${P}-none`, "prepare", "begin", "-"], { input: "<domain/>" });
+      assert.equal(probe.code, 0, `hook exit status (stderr: ${probe.stderr})`);
+      assert.equal(probe.stdout, "", "hook prints nothing on stdout");
+      t.diagnostic(`one hook run (prepare begin, ignored): ${ms(t0)}`);
     });
-  }
-  let shapedFirst: Map<string, Shaped> | undefined;
 
-  await t.test("virsh start: every interface is shaped as its metadata/<bandwidth> says", async () => {
-    for (const c of all.cases) if (bandwidthOutboundOk.has(c.label)) c.outboundVia = "bandwidth";
-    t.diagnostic(
-      `interfaces: ${all.cases.map((c) => `${c.label} in=${c.inbound.average} out=${c.outbound.average} (${c.outboundVia})`).join("; ")} kB/s`,
-    );
-    await defineDomain(domainXml(all));
-    const t0 = performance.now();
-    await startDomain(all.name);
-    t.diagnostic(`virsh start with ${all.cases.length} interfaces (hook at start+started): ${ms(t0)}`);
-    assert.equal(await domainState(all.name), "running");
-    shapedFirst = await assertShaped(all);
-    t.diagnostic(`shaped: ${[...shapedFirst].map(([m, s]) => `${m}=${s.dev}->${s.ifb}`).join(" ")}`);
-    await assertStatus([{ d: all, shaped: shapedFirst }]);
-  });
+    // ---------------------------------------------------- host prerequisites
+    const bridge = await createLinuxBridge(`${P}-br0`);
+    const veth = await createVethPair(`${P}-up0`, `${P}-up1`);
+    const network = await createNetwork({ name: `${P}-net`, mode: "bridge", bridge });
+    const ovsBridge = env.ovs.ok ? await createOvsBridge(`${P}-ovs0`) : undefined;
+    if (!ovsBridge) t.diagnostic(`OVS interfaces not tested: ${env.ovs.reason}`);
 
-  // ---------------------------------------------------- 4. destroy: clean
-  await t.test("virsh destroy: the domain's IFBs, record and tc objects are gone", async () => {
-    const t0 = performance.now();
-    await destroy(all.name);
-    t.diagnostic(`virsh destroy (hook at stopped+release): ${ms(t0)}`);
-    assert.equal(await domainState(all.name), "shut off");
-    await assertCleaned(all, shapedFirst);
-    // The macvtap's uplink, the bridges and any other surviving device carry nothing of virtqos.
-    await assertNoStrays(`destroying ${all.name}`);
-  });
+    const doctor = JSON.parse(await cliOk(["doctor", "--json"])) as {
+      actions: string[];
+      ifb: boolean;
+      ok: boolean;
+    };
+    t.diagnostic(`virtqos doctor: ok=${doctor.ok} ifb=${doctor.ifb} actions=${doctor.actions.join(",")}`);
+    assert.ok(doctor.ok, "virtqos doctor: this kernel can shape both directions (HTB, IFB, mirred)");
 
-  // ------------------------------------------------- 5. start again, stop
-  await t.test("virsh start again: shaped again on the new taps; destroy cleans again", async () => {
-    const t0 = performance.now();
-    await startDomain(all.name);
-    t.diagnostic(`second virsh start: ${ms(t0)}`);
-    let shaped: Map<string, Shaped> | undefined;
-    try {
-      shaped = await assertShaped(all);
-      for (const [mac, s] of shaped) {
-        const before = shapedFirst?.get(mac);
-        if (!before) continue;
-        // Requested target names come back with the same name, auto-named ones with a new one; either way
-        // it is a new device (new ifindex).
-        assert.notEqual(s.ifindex, before.ifindex, `${mac}: a new host device (${before.dev} -> ${s.dev})`);
-        // IFB names derive from domain UUID + MAC only.
-        assert.equal(s.ifb, before.ifb, `${mac}: same IFB name as the first start`);
-      }
-      await assertStatus([{ d: all, shaped }]);
-    } finally {
-      await destroy(all.name);
-    }
-    await assertCleaned(all, shaped);
-    await assertNoStrays(`destroying ${all.name} again`);
-  });
+    // ------------------------------------------ <bandwidth>: empirical probe
+    /**
+     * libvirt's own <bandwidth> is applied by libvirt before the hook runs, with tc features this kernel may
+     * lack (inbound: HTB + sfq leaf; outbound: an ingress police filter). Measured here (kernel without sfq
+     * and police): bridge, network, ethernet and direct (macvtap) guests FAIL to start with either direction;
+     * only an OVS port starts, because libvirt hands the limits to OVS: inbound becomes an OVS linux-htb
+     * QoS (a root HTB 1: on the tap, which virtqos then treats as foreign and leaves alone), outbound becomes
+     * ingress_policing_rate, which OVS fails to install (no police action) after creating an `ingress` qdisc.
+     * So the only <bandwidth> virtqos can act on here is <outbound> on an OVS port: the main guest uses it
+     * there (instead of metadata) wherever this probe finds that libvirt starts the guest with it. `direct`
+     * is never given <bandwidth>: libvirt's outbound on a macvtap is a root qdisc, which virtqos must not
+     * replace. The probe re-runs on every host, so a kernel with sfq/police changes the plan automatically.
+     */
+    const bandwidthOutboundOk = new Set<string>();
+    const probeSpecs: [string, InterfaceSpec][] = [
+      ["bridge", { type: "bridge", bridge, mac: "52:54:00:7a:0f:01" }],
+      ["network", { type: "network", network, mac: "52:54:00:7a:0f:02" }],
+      ["ethernet", { type: "ethernet", mac: "52:54:00:7a:0f:03" }],
+      ["direct", { type: "direct", dev: veth.a, mode: "bridge", mac: "52:54:00:7a:0f:04" }],
+    ];
+    if (ovsBridge)
+      probeSpecs.push(["ovs", { type: "bridge", bridge: ovsBridge, ovs: true, mac: "52:54:00:7a:0f:05" }]);
 
-  // -------------------------------------------------- 6. hook robustness
-  const bad: DomainCase = {
-    name: `${P}-bad`,
-    uuid: newUuid(),
-    cases: [
-      {
-        label: "bridge",
-        spec: { type: "bridge", bridge, mac: "52:54:00:7a:01:01" },
-        inbound: { average: 1250 },
-        outbound: { average: 625 },
-        outboundVia: "metadata",
-      },
-    ],
-  };
-
-  await t.test(
-    "invalid policy YAML: the guest still starts, the hook exits 0 and does not block",
-    async () => {
-      await defineDomain(domainXml(bad));
-      await writePolicy(BROKEN_POLICY);
-      try {
+    await t.test(
+      "libvirt <bandwidth>: which interface types libvirt can start a guest with here",
+      async () => {
         const t0 = performance.now();
-        const r = await virsh(["start", bad.name], { timeoutMs: 60_000 });
-        const took = performance.now() - t0;
-        t.diagnostic(`virsh start with a broken policy: ${Math.round(took)} ms`);
-        assert.equal(r.code, 0, `virsh start: ${r.stderr}`);
-        assert.equal(await domainState(bad.name), "running");
-        assert.ok(took < 15_000, `start took ${Math.round(took)} ms: the hook must not hang on a bad policy`);
-        assert.deepEqual(await hookProcesses(), [], "no hook process is left running");
-        // "Nothing is applied until the file is valid": not shaped, nothing recorded.
-        const dev = (await tapsOf(bad.name)).get(bad.cases[0]?.spec.mac ?? "") ?? "";
-        const root = (await qdiscs(dev)).find((q) => q.root);
-        assert.notEqual(root?.handle, "7651:", `${dev} is not shaped while the policy is invalid`);
-        assert.ok(!existsSync(recordFile(bad.uuid)), "no record while the policy is invalid");
-        // Stopping with the broken policy is just as harmless.
-        const d0 = performance.now();
-        await destroy(bad.name);
-        t.diagnostic(`virsh destroy with a broken policy: ${ms(d0)}`);
-        assert.deepEqual(await hookProcesses(), [], "no hook process is left running");
-      } finally {
-        await writePolicy(NEUTRAL_POLICY);
-      }
-      await assertCleaned(bad, undefined);
-      await assertNoStrays("the broken-policy start");
-    },
-  );
-
-  await t.test(
-    "a guest shaped under a valid policy is cleaned up when it stops while the policy is invalid",
-    async () => {
-      let shaped: Map<string, Shaped> | undefined;
-      try {
-        await startDomain(bad.name);
-        shaped = await assertShaped(bad);
-        await writePolicy(BROKEN_POLICY);
-        await destroy(bad.name);
-        await writePolicy(NEUTRAL_POLICY);
-        await assertCleaned(bad, shaped);
-      } finally {
-        await destroy(bad.name);
-        await writePolicy(NEUTRAL_POLICY);
-        // Undo what the bug leaves, so the following steps start clean.
-        if (await holdsDomain(bad.uuid)) {
-          t.diagnostic(
-            `leftovers of ${bad.name} after the stop with a broken policy: removing with virtqos clear`,
-          );
-          await cliOk(["clear", "--domain", bad.uuid]);
+        const table: string[] = [];
+        for (const [label, spec] of probeSpecs) {
+          for (const direction of ["inbound", "outbound"] as const) {
+            const name = `${P}-bw-${label}-${direction.slice(0, 2)}`;
+            const bandwidth: Bandwidth = { [direction]: { average: 1250 } };
+            let result: string;
+            try {
+              await defineAndStart(
+                makeDomainXml({ name, uuid: newUuid(), interfaces: [{ ...spec, bandwidth }] }),
+              );
+              const dev = (await tapsOf(name)).get(spec.mac) ?? "?";
+              const root = (await qdiscs(dev).catch(() => [])).find((q) => q.root);
+              result = `starts (root qdisc on ${dev}: ${root?.kind} ${root?.handle})`;
+              if (direction === "outbound" && label !== "direct") bandwidthOutboundOk.add(label);
+            } catch (e) {
+              const lines = (e instanceof Error ? e.message : String(e)).split("\n").filter((l) => l.trim());
+              result = `FAILS: ${(lines[lines.length - 1] ?? "").replace(/^error: /, "").slice(0, 160)}`;
+            } finally {
+              await destroy(name);
+              await undefine(name);
+            }
+            table.push(`${label} <${direction}>: ${result}`);
+          }
         }
-      }
-    },
-  );
-
-  const strictCase: DomainCase = {
-    name: `${P}-strict`,
-    uuid: newUuid(),
-    cases: [
-      {
-        label: "bridge",
-        spec: { type: "bridge", bridge, mac: "52:54:00:7a:02:01" },
-        inbound: { average: 1250 },
-        outbound: { average: 625 },
-        outboundVia: "metadata",
+        for (const l of table) t.diagnostic(l);
+        t.diagnostic(
+          `probe: ${ms(t0)}; <bandwidth><outbound> used for: ${[...bandwidthOutboundOk].join(", ") || "none"}`,
+        );
+        await assertNoStrays("the <bandwidth> probe");
       },
-    ],
-  };
-  const policeMissing = !doctor.actions.includes("police");
+    );
 
-  await t.test(
-    "strict: true + a limit this kernel cannot enforce (outbound mode police): the guest start fails",
-    {
-      skip: policeMissing
-        ? false
-        : "this kernel has the police action: `mode: police` is not an impossible limit here",
-    },
-    async () => {
-      await defineDomain(domainXml(strictCase));
-      await writePolicy(
-        [
-          "strict: true",
-          "domains:",
-          `  - name: ${strictCase.name}`,
-          "    interfaces:",
-          `      - mac: "${strictCase.cases[0]?.spec.mac}"`,
-          "        outbound: { average: 10mbit, mode: police }",
-          "",
-        ].join("\n"),
-      );
-      try {
-        const t0 = performance.now();
-        const r = await virsh(["start", strictCase.name]);
-        t.diagnostic(`virsh start refused by the strict hook: ${ms(t0)}`);
-        assert.notEqual(r.code, 0, "virsh start must fail");
-        t.diagnostic(`libvirt says: ${r.stderr.trim().split("\n").pop()}`);
-        assert.match(r.stderr, /[Hh]ook/, "libvirt blames the hook");
-        assert.match(r.stderr, /virtqos/, "the error names virtqos");
-        assert.match(r.stderr, /police/, "the error names the limit that cannot be enforced");
-        assert.equal(await domainState(strictCase.name), "shut off");
-      } finally {
-        await writePolicy(NEUTRAL_POLICY);
-      }
-      await assertCleaned(strictCase, undefined);
-      await assertNoStrays("the refused strict start");
-      // With the policy restored the same guest starts and is shaped from its metadata.
-      await startDomain(strictCase.name);
-      const shaped = await assertShaped(strictCase);
-      await destroy(strictCase.name);
-      await assertCleaned(strictCase, shaped);
-    },
-  );
-
-  await t.test(
-    "strict: true in a policy that does not parse: the guest start fails, naming virtqos",
-    async () => {
-      // Defined by the previous step unless that one was skipped.
-      if ((await virsh(["domuuid", strictCase.name])).code !== 0) await defineDomain(domainXml(strictCase));
-      await writePolicy(`strict: true\n${BROKEN_POLICY}`);
-      try {
-        const r = await virsh(["start", strictCase.name]);
-        assert.notEqual(r.code, 0, "virsh start must fail");
-        assert.match(r.stderr, /virtqos/, "the error names virtqos");
-        assert.match(r.stderr, /policy\.yaml/, "the error names the policy file");
-        assert.equal(await domainState(strictCase.name), "shut off");
-      } finally {
-        await writePolicy(NEUTRAL_POLICY);
-      }
-      await assertCleaned(strictCase, undefined);
-    },
-  );
-
-  // ------------------------------------------------------ 7. concurrency
-  await t.test("4 guests started at once are all shaped; destroyed at once, all cleaned", async () => {
-    const domains: DomainCase[] = [1, 2, 3, 4].map((i) => {
-      const cases: IfaceCase[] = [
+    // --------------------------------------------- 2./3. start: everything
+    const all: DomainCase = {
+      name: `${P}-all`,
+      uuid: newUuid(),
+      cases: [
         {
           label: "bridge",
-          spec: { type: "bridge", bridge, mac: `52:54:00:7a:1${i}:01` },
-          inbound: { average: 500 * i },
-          outbound: { average: 250 * i },
+          spec: { type: "bridge", bridge, mac: "52:54:00:7a:00:01", target: `${P}-tbr` },
+          inbound: { average: 2500, peak: 5000, burst: 256 },
+          outbound: { average: 1250 },
+          outboundVia: "metadata",
+        },
+        {
+          label: "network",
+          spec: { type: "network", network, mac: "52:54:00:7a:00:02" },
+          inbound: { average: 2000 },
+          outbound: { average: 1000 },
+          outboundVia: "metadata",
+        },
+        {
+          label: "ethernet",
+          spec: { type: "ethernet", mac: "52:54:00:7a:00:03", target: `${P}-teth` },
+          inbound: { average: 1500 },
+          outbound: { average: 750 },
           outboundVia: "metadata",
         },
         {
           label: "direct",
-          spec: { type: "direct", dev: veth.a, mode: "bridge", mac: `52:54:00:7a:1${i}:02` },
-          inbound: { average: 375 * i },
-          outbound: { average: 125 * i },
+          spec: { type: "direct", dev: veth.a, mode: "bridge", mac: "52:54:00:7a:00:04" },
+          inbound: { average: 1000 },
+          outbound: { average: 500 },
           outboundVia: "metadata",
         },
-      ];
-      if (ovsBridge) {
-        // Metadata only: libvirt hands no policing to OVS, so OVS leaves the tap's hook qdisc alone.
-        cases.push({
-          label: "ovs",
-          spec: { type: "bridge", bridge: ovsBridge, ovs: true, mac: `52:54:00:7a:1${i}:03` },
-          inbound: { average: 625 * i },
-          outbound: { average: 1000 + 125 * i },
-          outboundVia: "metadata",
-        });
-      }
-      return { name: `${P}-c${i}`, uuid: newUuid(), cases };
-    });
-    for (const d of domains) await defineDomain(domainXml(d));
-
-    const shaped: { d: DomainCase; shaped: Map<string, Shaped> }[] = [];
-    let stopped: PromiseSettledResult<void>[] | undefined;
-    try {
-      const t0 = performance.now();
-      const started = await Promise.allSettled(domains.map((d) => startDomain(d.name)));
-      t.diagnostic(`${domains.length} x virsh start at once: ${ms(t0)}`);
-      const failed = started.flatMap((s, i) =>
-        s.status === "rejected" ? [`${domains[i]?.name}: ${s.reason}`] : [],
-      );
-      assert.deepEqual(failed, [], "every concurrent start succeeds");
-
-      for (const d of domains) shaped.push({ d, shaped: await assertShaped(d) });
-      await assertStatus(shaped);
-      const ifbNames = shaped.flatMap((s) => [...s.shaped.values()].map((x) => x.ifb));
-      assert.equal(new Set(ifbNames).size, ifbNames.length, "every interface has its own IFB");
-    } finally {
-      const d0 = performance.now();
-      stopped = await Promise.allSettled(domains.map((d) => destroy(d.name)));
-      t.diagnostic(`${domains.length} x virsh destroy at once: ${ms(d0)}`);
+      ],
+    };
+    if (ovsBridge) {
+      all.cases.push({
+        label: "ovs",
+        spec: { type: "bridge", bridge: ovsBridge, ovs: true, mac: "52:54:00:7a:00:05" },
+        inbound: { average: 3000 },
+        outbound: { average: 1500 },
+        outboundVia: "metadata",
+      });
     }
-    assert.deepEqual(
-      stopped.flatMap((s, i) => (s.status === "rejected" ? [`${domains[i]?.name}: ${s.reason}`] : [])),
-      [],
-      "every concurrent destroy succeeds",
-    );
-    for (const s of shaped) await assertCleaned(s.d, s.shaped);
-    await assertNoStrays("destroying the concurrent guests");
-  });
+    let shapedFirst: Map<string, Shaped> | undefined;
 
-  // ------------------------------------- OVS + libvirt <bandwidth><outbound>
-  await t.test(
-    "OVS port with <bandwidth><outbound>: virtqos's redirect survives another OVS port being added",
-    {
-      skip: bandwidthOutboundOk.has("ovs")
-        ? false
-        : "no OVS port started with <bandwidth><outbound> on this host",
-      todo:
-        "virtqos issue: it shapes <bandwidth> limits on OVS ports although libvirt also gave them to OVS " +
-        "(ingress_policing_rate); ovs-vswitchd re-creates its ingress qdisc on a later reconfiguration and " +
-        "drops virtqos's redirect filter with it",
-    },
-    async () => {
-      const ovs = ovsBridge as string;
-      const first: DomainCase = {
-        name: `${P}-ovsbw`,
-        uuid: newUuid(),
-        cases: [
+    await t.test("virsh start: every interface is shaped as its metadata/<bandwidth> says", async () => {
+      for (const c of all.cases) if (bandwidthOutboundOk.has(c.label)) c.outboundVia = "bandwidth";
+      t.diagnostic(
+        `interfaces: ${all.cases.map((c) => `${c.label} in=${c.inbound.average} out=${c.outbound.average} (${c.outboundVia})`).join("; ")} kB/s`,
+      );
+      await defineDomain(domainXml(all));
+      const t0 = performance.now();
+      await startDomain(all.name);
+      t.diagnostic(`virsh start with ${all.cases.length} interfaces (hook at start+started): ${ms(t0)}`);
+      assert.equal(await domainState(all.name), "running");
+      shapedFirst = await assertShaped(all);
+      t.diagnostic(`shaped: ${[...shapedFirst].map(([m, s]) => `${m}=${s.dev}->${s.ifb}`).join(" ")}`);
+      await assertStatus([{ d: all, shaped: shapedFirst }]);
+    });
+
+    // ---------------------------------------------------- 4. destroy: clean
+    await t.test("virsh destroy: the domain's IFBs, record and tc objects are gone", async () => {
+      const t0 = performance.now();
+      await destroy(all.name);
+      t.diagnostic(`virsh destroy (hook at stopped+release): ${ms(t0)}`);
+      assert.equal(await domainState(all.name), "shut off");
+      await assertCleaned(all, shapedFirst);
+      // The macvtap's uplink, the bridges and any other surviving device carry nothing of virtqos.
+      await assertNoStrays(`destroying ${all.name}`);
+    });
+
+    // ------------------------------------------------- 5. start again, stop
+    await t.test("virsh start again: shaped again on the new taps; destroy cleans again", async () => {
+      const t0 = performance.now();
+      await startDomain(all.name);
+      t.diagnostic(`second virsh start: ${ms(t0)}`);
+      let shaped: Map<string, Shaped> | undefined;
+      try {
+        shaped = await assertShaped(all);
+        for (const [mac, s] of shaped) {
+          const before = shapedFirst?.get(mac);
+          if (!before) continue;
+          // Requested target names come back with the same name, auto-named ones with a new one; either way
+          // it is a new device (new ifindex).
+          assert.notEqual(s.ifindex, before.ifindex, `${mac}: a new host device (${before.dev} -> ${s.dev})`);
+          // IFB names derive from domain UUID + MAC only.
+          assert.equal(s.ifb, before.ifb, `${mac}: same IFB name as the first start`);
+        }
+        await assertStatus([{ d: all, shaped }]);
+      } finally {
+        await destroy(all.name);
+      }
+      await assertCleaned(all, shaped);
+      await assertNoStrays(`destroying ${all.name} again`);
+    });
+
+    // -------------------------------------------------- 6. hook robustness
+    const bad: DomainCase = {
+      name: `${P}-bad`,
+      uuid: newUuid(),
+      cases: [
+        {
+          label: "bridge",
+          spec: { type: "bridge", bridge, mac: "52:54:00:7a:01:01" },
+          inbound: { average: 1250 },
+          outbound: { average: 625 },
+          outboundVia: "metadata",
+        },
+      ],
+    };
+
+    await t.test(
+      "invalid policy YAML: the guest still starts, the hook exits 0 and does not block",
+      async () => {
+        await defineDomain(domainXml(bad));
+        await writePolicy(BROKEN_POLICY);
+        try {
+          const t0 = performance.now();
+          const r = await virsh(["start", bad.name], { timeoutMs: 60_000 });
+          const took = performance.now() - t0;
+          t.diagnostic(`virsh start with a broken policy: ${Math.round(took)} ms`);
+          assert.equal(r.code, 0, `virsh start: ${r.stderr}`);
+          assert.equal(await domainState(bad.name), "running");
+          assert.ok(
+            took < 15_000,
+            `start took ${Math.round(took)} ms: the hook must not hang on a bad policy`,
+          );
+          assert.deepEqual(await hookProcesses(), [], "no hook process is left running");
+          // "Nothing is applied until the file is valid": not shaped, nothing recorded.
+          const dev = (await tapsOf(bad.name)).get(bad.cases[0]?.spec.mac ?? "") ?? "";
+          const root = (await qdiscs(dev)).find((q) => q.root);
+          assert.notEqual(root?.handle, "7651:", `${dev} is not shaped while the policy is invalid`);
+          assert.ok(!existsSync(recordFile(bad.uuid)), "no record while the policy is invalid");
+          // Stopping with the broken policy is just as harmless.
+          const d0 = performance.now();
+          await destroy(bad.name);
+          t.diagnostic(`virsh destroy with a broken policy: ${ms(d0)}`);
+          assert.deepEqual(await hookProcesses(), [], "no hook process is left running");
+        } finally {
+          await writePolicy(NEUTRAL_POLICY);
+        }
+        await assertCleaned(bad, undefined);
+        await assertNoStrays("the broken-policy start");
+      },
+    );
+
+    await t.test(
+      "a guest shaped under a valid policy is cleaned up when it stops while the policy is invalid",
+      async () => {
+        let shaped: Map<string, Shaped> | undefined;
+        try {
+          await startDomain(bad.name);
+          shaped = await assertShaped(bad);
+          await writePolicy(BROKEN_POLICY);
+          await destroy(bad.name);
+          await writePolicy(NEUTRAL_POLICY);
+          await assertCleaned(bad, shaped);
+        } finally {
+          await destroy(bad.name);
+          await writePolicy(NEUTRAL_POLICY);
+          // Undo what the bug leaves, so the following steps start clean.
+          if (await holdsDomain(bad.uuid)) {
+            t.diagnostic(
+              `leftovers of ${bad.name} after the stop with a broken policy: removing with virtqos clear`,
+            );
+            await cliOk(["clear", "--domain", bad.uuid]);
+          }
+        }
+      },
+    );
+
+    const strictCase: DomainCase = {
+      name: `${P}-strict`,
+      uuid: newUuid(),
+      cases: [
+        {
+          label: "bridge",
+          spec: { type: "bridge", bridge, mac: "52:54:00:7a:02:01" },
+          inbound: { average: 1250 },
+          outbound: { average: 625 },
+          outboundVia: "metadata",
+        },
+      ],
+    };
+    const policeMissing = !doctor.actions.includes("police");
+
+    await t.test(
+      "strict: true + a limit this kernel cannot enforce (outbound mode police): the guest start fails",
+      {
+        skip: policeMissing
+          ? false
+          : "this kernel has the police action: `mode: police` is not an impossible limit here",
+      },
+      async () => {
+        await defineDomain(domainXml(strictCase));
+        await writePolicy(
+          [
+            "strict: true",
+            "domains:",
+            `  - name: ${strictCase.name}`,
+            "    interfaces:",
+            `      - mac: "${strictCase.cases[0]?.spec.mac}"`,
+            "        outbound: { average: 10mbit, mode: police }",
+            "",
+          ].join("\n"),
+        );
+        try {
+          const t0 = performance.now();
+          const r = await virsh(["start", strictCase.name]);
+          t.diagnostic(`virsh start refused by the strict hook: ${ms(t0)}`);
+          assert.notEqual(r.code, 0, "virsh start must fail");
+          t.diagnostic(`libvirt says: ${r.stderr.trim().split("\n").pop()}`);
+          assert.match(r.stderr, /[Hh]ook/, "libvirt blames the hook");
+          assert.match(r.stderr, /virtqos/, "the error names virtqos");
+          assert.match(r.stderr, /police/, "the error names the limit that cannot be enforced");
+          assert.equal(await domainState(strictCase.name), "shut off");
+        } finally {
+          await writePolicy(NEUTRAL_POLICY);
+        }
+        await assertCleaned(strictCase, undefined);
+        await assertNoStrays("the refused strict start");
+        // With the policy restored the same guest starts and is shaped from its metadata.
+        await startDomain(strictCase.name);
+        const shaped = await assertShaped(strictCase);
+        await destroy(strictCase.name);
+        await assertCleaned(strictCase, shaped);
+      },
+    );
+
+    await t.test(
+      "strict: true in a policy that does not parse: the guest start fails, naming virtqos",
+      async () => {
+        // Defined by the previous step unless that one was skipped.
+        if ((await virsh(["domuuid", strictCase.name])).code !== 0) await defineDomain(domainXml(strictCase));
+        await writePolicy(`strict: true\n${BROKEN_POLICY}`);
+        try {
+          const r = await virsh(["start", strictCase.name]);
+          assert.notEqual(r.code, 0, "virsh start must fail");
+          assert.match(r.stderr, /virtqos/, "the error names virtqos");
+          assert.match(r.stderr, /policy\.yaml/, "the error names the policy file");
+          assert.equal(await domainState(strictCase.name), "shut off");
+        } finally {
+          await writePolicy(NEUTRAL_POLICY);
+        }
+        await assertCleaned(strictCase, undefined);
+      },
+    );
+
+    // ------------------------------------------------------ 7. concurrency
+    await t.test("4 guests started at once are all shaped; destroyed at once, all cleaned", async () => {
+      const domains: DomainCase[] = [1, 2, 3, 4].map((i) => {
+        const cases: IfaceCase[] = [
           {
-            label: "ovs",
-            spec: { type: "bridge", bridge: ovs, ovs: true, mac: "52:54:00:7a:03:01" },
-            inbound: { average: 2500 },
-            outbound: { average: 1250 },
-            outboundVia: "bandwidth",
-          },
-        ],
-      };
-      const second: DomainCase = {
-        name: `${P}-ovsbw2`,
-        uuid: newUuid(),
-        cases: [
-          {
-            label: "ovs",
-            spec: { type: "bridge", bridge: ovs, ovs: true, mac: "52:54:00:7a:03:02" },
-            inbound: { average: 2000 },
-            outbound: { average: 1000 },
+            label: "bridge",
+            spec: { type: "bridge", bridge, mac: `52:54:00:7a:1${i}:01` },
+            inbound: { average: 500 * i },
+            outbound: { average: 250 * i },
             outboundVia: "metadata",
           },
-        ],
-      };
+          {
+            label: "direct",
+            spec: { type: "direct", dev: veth.a, mode: "bridge", mac: `52:54:00:7a:1${i}:02` },
+            inbound: { average: 375 * i },
+            outbound: { average: 125 * i },
+            outboundVia: "metadata",
+          },
+        ];
+        if (ovsBridge) {
+          // Metadata only: libvirt hands no policing to OVS, so OVS leaves the tap's hook qdisc alone.
+          cases.push({
+            label: "ovs",
+            spec: { type: "bridge", bridge: ovsBridge, ovs: true, mac: `52:54:00:7a:1${i}:03` },
+            inbound: { average: 625 * i },
+            outbound: { average: 1000 + 125 * i },
+            outboundVia: "metadata",
+          });
+        }
+        return { name: `${P}-c${i}`, uuid: newUuid(), cases };
+      });
+      for (const d of domains) await defineDomain(domainXml(d));
+
+      const shaped: { d: DomainCase; shaped: Map<string, Shaped> }[] = [];
+      let stopped: PromiseSettledResult<void>[] | undefined;
       try {
-        await defineAndStart(domainXml(first));
-        const shaped = await assertShaped(first);
-        await defineAndStart(domainXml(second));
-        await sleep(1000); // let ovs-vswitchd finish its reconfiguration
-        const dev = shaped.get("52:54:00:7a:03:01")?.dev ?? "";
-        const qd = (await qdiscs(dev)).filter((q) => q.parent === "ffff:fff1").map((q) => q.kind);
-        const filters = await ourFilters(dev, "ingress");
-        t.diagnostic(
-          `${dev} after the second OVS port: hook qdisc ${qd.join(",") || "none"}, virtqos filters ${filters.length}`,
+        const t0 = performance.now();
+        const started = await Promise.allSettled(domains.map((d) => startDomain(d.name)));
+        t.diagnostic(`${domains.length} x virsh start at once: ${ms(t0)}`);
+        const failed = started.flatMap((s, i) =>
+          s.status === "rejected" ? [`${domains[i]?.name}: ${s.reason}`] : [],
         );
-        await assertShaped(first);
-        await assertStatus([{ d: first, shaped }]);
+        assert.deepEqual(failed, [], "every concurrent start succeeds");
+
+        for (const d of domains) shaped.push({ d, shaped: await assertShaped(d) });
+        await assertStatus(shaped);
+        const ifbNames = shaped.flatMap((s) => [...s.shaped.values()].map((x) => x.ifb));
+        assert.equal(new Set(ifbNames).size, ifbNames.length, "every interface has its own IFB");
       } finally {
-        await destroy(first.name);
-        await destroy(second.name);
+        const d0 = performance.now();
+        stopped = await Promise.allSettled(domains.map((d) => destroy(d.name)));
+        t.diagnostic(`${domains.length} x virsh destroy at once: ${ms(d0)}`);
       }
-      await assertCleaned(first, undefined);
-      await assertCleaned(second, undefined);
-    },
-  );
-});
+      assert.deepEqual(
+        stopped.flatMap((s, i) => (s.status === "rejected" ? [`${domains[i]?.name}: ${s.reason}`] : [])),
+        [],
+        "every concurrent destroy succeeds",
+      );
+      for (const s of shaped) await assertCleaned(s.d, s.shaped);
+      await assertNoStrays("destroying the concurrent guests");
+    });
+
+    // ------------------------------------- OVS + libvirt <bandwidth><outbound>
+    await t.test(
+      "OVS port with <bandwidth><outbound>: virtqos's redirect survives another OVS port being added",
+      {
+        skip: bandwidthOutboundOk.has("ovs")
+          ? false
+          : "no OVS port started with <bandwidth><outbound> on this host",
+        todo:
+          "virtqos issue: it shapes <bandwidth> limits on OVS ports although libvirt also gave them to OVS " +
+          "(ingress_policing_rate); ovs-vswitchd re-creates its ingress qdisc on a later reconfiguration and " +
+          "drops virtqos's redirect filter with it",
+      },
+      async () => {
+        const ovs = ovsBridge as string;
+        const first: DomainCase = {
+          name: `${P}-ovsbw`,
+          uuid: newUuid(),
+          cases: [
+            {
+              label: "ovs",
+              spec: { type: "bridge", bridge: ovs, ovs: true, mac: "52:54:00:7a:03:01" },
+              inbound: { average: 2500 },
+              outbound: { average: 1250 },
+              outboundVia: "bandwidth",
+            },
+          ],
+        };
+        const second: DomainCase = {
+          name: `${P}-ovsbw2`,
+          uuid: newUuid(),
+          cases: [
+            {
+              label: "ovs",
+              spec: { type: "bridge", bridge: ovs, ovs: true, mac: "52:54:00:7a:03:02" },
+              inbound: { average: 2000 },
+              outbound: { average: 1000 },
+              outboundVia: "metadata",
+            },
+          ],
+        };
+        try {
+          await defineAndStart(domainXml(first));
+          const shaped = await assertShaped(first);
+          await defineAndStart(domainXml(second));
+          await sleep(1000); // let ovs-vswitchd finish its reconfiguration
+          const dev = shaped.get("52:54:00:7a:03:01")?.dev ?? "";
+          const qd = (await qdiscs(dev)).filter((q) => q.parent === "ffff:fff1").map((q) => q.kind);
+          const filters = await ourFilters(dev, "ingress");
+          t.diagnostic(
+            `${dev} after the second OVS port: hook qdisc ${qd.join(",") || "none"}, virtqos filters ${filters.length}`,
+          );
+          await assertShaped(first);
+          await assertStatus([{ d: first, shaped }]);
+        } finally {
+          await destroy(first.name);
+          await destroy(second.name);
+        }
+        await assertCleaned(first, undefined);
+        await assertCleaned(second, undefined);
+      },
+    );
+  },
+);

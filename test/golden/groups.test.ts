@@ -933,71 +933,75 @@ function newcomerWithMinor(minor: number, name: string, uuidPrefix: string): Gue
 // The real kernel: every sequence above, replayed in a scratch namespace
 
 describe("the real kernel accepts every line", () => {
-  test("replay each sequence in a scratch netns, then plan again against the real kernel: nothing to do", {
-    skip: IS_ROOT ? false : "needs root: creates a network namespace and runs tc",
-  }, async () => {
-    assert.ok(sequences.length > 0, "run the whole file: the sequences come from the tests above");
-    const ns = `vqgrp${process.pid}`;
-    const sh = (cmd: string, args: string[], input?: string) =>
-      spawnSync(cmd, args, { input, encoding: "utf8", timeout: 60_000 });
-    const must = (cmd: string, args: string[], input?: string) => {
-      const r = sh(cmd, args, input);
-      assert.equal(r.status, 0, `${cmd} ${args.join(" ")}\n${input ?? ""}\n${r.stderr}`);
-      return r.stdout;
-    };
-    must("ip", ["netns", "add", ns]);
-    try {
-      for (const { name, host } of sequences) {
-        // A clean namespace for each sequence: delete every link but lo (veth peers go with their pair).
-        const links = JSON.parse(must("ip", ["-n", ns, "-j", "link", "show"])) as { ifname: string }[];
-        for (const l of links) if (l.ifname !== "lo") sh("ip", ["-n", ns, "link", "del", l.ifname]);
-        const realIfindex = new Map<number, number>();
-        let peer = 0;
-        for (const j of host.kernel.journal) {
-          if (j.kind === "link-add") {
-            must("ip", ["-n", ns, "link", "add", j.name, "type", "veth", "peer", "name", `pp${peer++}`]);
-            must("ip", ["-n", ns, "link", "set", j.name, "up"]);
-            const [info] = JSON.parse(must("ip", ["-n", ns, "-j", "link", "show", j.name])) as {
-              ifindex: number;
-            }[];
-            realIfindex.set(j.ifindex, info.ifindex);
-          } else if (j.kind === "link-del") {
-            must("ip", ["-n", ns, "link", "del", j.name]);
-          } else {
-            for (const [tool, batch] of [
-              ["ip", j.rendered.ipPre],
-              ["tc", j.rendered.tc],
-              ["ip", j.rendered.ipPost],
-            ] as const) {
-              if (!batch.length) continue;
-              const r = sh(tool, ["-n", ns, "-batch", "-"], `${batch.join("\n")}\n`);
-              assert.equal(
-                r.status,
-                0,
-                `${name}: ${tool} -batch refused:\n${r.stderr}\n--- batch:\n${batch.join("\n")}`,
-              );
+  test(
+    "replay each sequence in a scratch netns, then plan again against the real kernel: nothing to do",
+    {
+      skip: IS_ROOT ? false : "needs root: creates a network namespace and runs tc",
+    },
+    async () => {
+      assert.ok(sequences.length > 0, "run the whole file: the sequences come from the tests above");
+      const ns = `vqgrp${process.pid}`;
+      const sh = (cmd: string, args: string[], input?: string) =>
+        spawnSync(cmd, args, { input, encoding: "utf8", timeout: 60_000 });
+      const must = (cmd: string, args: string[], input?: string) => {
+        const r = sh(cmd, args, input);
+        assert.equal(r.status, 0, `${cmd} ${args.join(" ")}\n${input ?? ""}\n${r.stderr}`);
+        return r.stdout;
+      };
+      must("ip", ["netns", "add", ns]);
+      try {
+        for (const { name, host } of sequences) {
+          // A clean namespace for each sequence: delete every link but lo (veth peers go with their pair).
+          const links = JSON.parse(must("ip", ["-n", ns, "-j", "link", "show"])) as { ifname: string }[];
+          for (const l of links) if (l.ifname !== "lo") sh("ip", ["-n", ns, "link", "del", l.ifname]);
+          const realIfindex = new Map<number, number>();
+          let peer = 0;
+          for (const j of host.kernel.journal) {
+            if (j.kind === "link-add") {
+              must("ip", ["-n", ns, "link", "add", j.name, "type", "veth", "peer", "name", `pp${peer++}`]);
+              must("ip", ["-n", ns, "link", "set", j.name, "up"]);
+              const [info] = JSON.parse(must("ip", ["-n", ns, "-j", "link", "show", j.name])) as {
+                ifindex: number;
+              }[];
+              realIfindex.set(j.ifindex, info.ifindex);
+            } else if (j.kind === "link-del") {
+              must("ip", ["-n", ns, "link", "del", j.name]);
+            } else {
+              for (const [tool, batch] of [
+                ["ip", j.rendered.ipPre],
+                ["tc", j.rendered.tc],
+                ["ip", j.rendered.ipPost],
+              ] as const) {
+                if (!batch.length) continue;
+                const r = sh(tool, ["-n", ns, "-batch", "-"], `${batch.join("\n")}\n`);
+                assert.equal(
+                  r.status,
+                  0,
+                  `${name}: ${tool} -batch refused:\n${r.stderr}\n--- batch:\n${batch.join("\n")}`,
+                );
+              }
             }
           }
+          // Read the real kernel back and plan the last step again: the real state is the desired state.
+          const last = lastStep.get(host);
+          if (!last) continue;
+          const records = host.records().map((r) => ({
+            ...r,
+            interfaces: r.interfaces.map((i) => ({
+              ...i,
+              ifindex: i.ifindex === undefined ? undefined : (realIfindex.get(i.ifindex) ?? -1),
+            })),
+          }));
+          const devs = last.desired.flatMap((d) => (d.dev ? [d.dev] : []));
+          const observed = await observe(processRunner({ netns: ns }), { devs, records });
+          const again = plan(last.desired, observed, CAPS, host.options(last.scope, last.policy));
+          assert.deepEqual(lines(render(again.ops)), [], `${name}: the real kernel differs from the plan`);
         }
-        // Read the real kernel back and plan the last step again: the real state is the desired state.
-        const last = lastStep.get(host);
-        if (!last) continue;
-        const records = host.records().map((r) => ({
-          ...r,
-          interfaces: r.interfaces.map((i) => ({
-            ...i,
-            ifindex: i.ifindex === undefined ? undefined : (realIfindex.get(i.ifindex) ?? -1),
-          })),
-        }));
-        const devs = last.desired.flatMap((d) => (d.dev ? [d.dev] : []));
-        const observed = await observe(processRunner({ netns: ns }), { devs, records });
-        const again = plan(last.desired, observed, CAPS, host.options(last.scope, last.policy));
-        assert.deepEqual(lines(render(again.ops)), [], `${name}: the real kernel differs from the plan`);
+      } finally {
+        sh("ip", ["netns", "del", ns]);
       }
-    } finally {
-      sh("ip", ["netns", "del", ns]);
-    }
-  });
+    },
+  );
 });
 
 test("every group-*.txt golden file belongs to a case", () => {
