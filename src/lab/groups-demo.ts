@@ -114,9 +114,9 @@ export async function runGroupsDemo(opts: {
         during?: { afterSeconds: number; action: () => Promise<void>; thenBusy: string },
       ) => {
         const seconds = opts.quick ? 3 : PHASE_SECONDS;
-        // With a join, the busy guest keeps going a little longer than the newcomer, so the last second of
-        // the newcomer's transfer is one where both are busy.
-        const mainSeconds = during ? seconds + 1 : seconds;
+        // With a join the busy guest runs two seconds longer and the newcomer runs past its end, so there is
+        // a stretch where both are surely busy, whatever the hook and iperf3 take to start the newcomer.
+        const mainSeconds = during ? seconds + 2 : seconds;
         const main = runTransfers(
           lab,
           busy.map((n) => ({
@@ -128,56 +128,41 @@ export async function runGroupsDemo(opts: {
           })),
         );
         let late: Promise<TransferResult[]> | undefined;
-        let lateOffset = 0;
         if (during) {
           await sleep(during.afterSeconds * 1000);
           await during.action();
-          lateOffset = during.afterSeconds;
           late = runTransfers(lab, [
-            {
-              guest: guest[during.thenBusy],
-              direction,
-              protocol: "tcp",
-              seconds: Math.max(1, seconds - during.afterSeconds),
-              intervalSeconds: 0.25,
-            },
+            { guest: guest[during.thenBusy], direction, protocol: "tcp", seconds, intervalSeconds: 0.25 },
           ]);
         }
         const res = await main;
         const lateRes = late ? await late : [];
         for (const [k, n] of busy.entries()) record(n, clock, res[k]);
-        if (during && lateRes[0]) record(during.thenBusy, clock + lateOffset, lateRes[0]);
-        // Judge each guest on its last second, when the phase has settled (a join needs a moment).
-        const settled = (r: TransferResult) => {
-          const last = r.intervals.slice(-4);
-          return last.reduce((a, x) => a + x.l2BitsPerSec, 0) / Math.max(1, last.length);
+        if (during && lateRes[0]) record(during.thenBusy, clock + during.afterSeconds, lateRes[0]);
+        // Mean L2 rate over the intervals ending in (from, to] seconds of that transfer.
+        const over = (r: TransferResult, from: number, to: number) => {
+          const iv = r.intervals.filter((x) => x.endSec > from && x.endSec <= to + 1e-6);
+          return iv.reduce((a, x) => a + x.l2BitsPerSec, 0) / Math.max(1, iv.length);
         };
-        // The busy guest is judged over the newcomer's last second too (its own ends one second later).
-        const window = (r: TransferResult) =>
-          during && lateRes[0]
-            ? {
-                ...r,
-                intervals: r.intervals.filter(
-                  (iv) => iv.endSec <= lateOffset + (lateRes[0].intervals.at(-1)?.endSec ?? 0) + 0.3,
-                ),
-              }
-            : r;
-        busy.forEach((n, k) => {
+        // Without a join: each guest's last second. With one: the busy guest's second-to-last second and the
+        // newcomer's second second, both inside the stretch where the two overlap.
+        for (const [k, n] of busy.entries()) {
+          const end = res[k].intervals.at(-1)?.endSec ?? mainSeconds;
           results.push({
             phase: label,
             direction,
             guest: n,
             expectedBitsPerSec: expected[n],
-            measuredBitsPerSec: settled(window(res[k])),
+            measuredBitsPerSec: during ? over(res[k], end - 2, end - 1) : over(res[k], end - 1, end),
           });
-        });
+        }
         if (during && lateRes[0]) {
           results.push({
             phase: label,
             direction,
             guest: during.thenBusy,
             expectedBitsPerSec: expected[during.thenBusy],
-            measuredBitsPerSec: settled(lateRes[0]),
+            measuredBitsPerSec: over(lateRes[0], 1, 2),
           });
         }
         phases.push({ label, start: clock, end: clock + mainSeconds });
