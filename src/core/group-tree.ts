@@ -57,7 +57,6 @@ export interface Admission {
   /** key|direction -> minor of admitted members from `desired`. */
   admitted: Map<string, number>;
   problems: { code: string; iface: string; message: string; fix: string }[];
-  notes: string[];
   /** Trees whose top-level group left the policy while out-of-scope guests still use them: left untouched. */
   frozen: Set<string>;
 }
@@ -92,7 +91,6 @@ export function admitMembers(
     members: new Map(),
     admitted: new Map(),
     problems: [],
-    notes: [],
     frozen: new Set(),
   };
   const used = new Map<string, Set<number>>();

@@ -172,7 +172,6 @@ export function plan(
   const groups = options.groups ?? [];
   const admission = admitMembers(desired, observed.records, observed.links, groups, (u) => inScope(u));
   problems.push(...admission.problems);
-  for (const n of admission.notes) notes.push({ level: "warning", message: n });
 
   for (const d of desired) {
     const record = records.get(d.domainUuid) ?? {
