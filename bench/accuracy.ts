@@ -8,6 +8,8 @@ import { kBpsForMbit, withLab } from "./lab.js";
 import { startMonitor } from "./monitor.js";
 
 const RATES_MBIT = [1, 10, 100, 1000];
+/** In the kernel VM (TCG) unshaped TCP tops out at ~0.6-1.3 Gbit/s: 1000 Mbit/s would measure the CPU. */
+const KERNEL_VM_RATES_MBIT = [1, 10, 100];
 const UDP_OVERLOAD = 1.3;
 const UDP_RETRIES = 2;
 
@@ -56,7 +58,7 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
       ),
     );
     const uuid = uuidFor("bench-acc");
-    for (const mbit of RATES_MBIT) {
+    for (const mbit of opts.kernelVm ? KERNEL_VM_RATES_MBIT : RATES_MBIT) {
       const xml = domainXml("bench-acc", uuid, [
         {
           guest: g,
@@ -88,6 +90,7 @@ export async function accuracy(opts: BenchOptions): Promise<BenchResult[]> {
               ns: lab.hostNs,
               dev: direction === "download" ? g.tap : ifb,
               receiverNs: direction === "download" ? g.ns : lab.peerNs,
+              intervalMs: opts.kernelVm ? 2000 : undefined,
             });
             const start = nowMs();
             const [r] = await runTransfers(lab, [t]).finally(() => mon.stop());

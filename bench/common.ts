@@ -24,6 +24,11 @@ export interface BenchOptions {
   fullScale: boolean;
   /** Progress lines go here (stderr), the table goes to stdout. */
   log: (msg: string) => void;
+  /**
+   * Running inside scripts/kernel-vm.sh (Debian's stock kernel under TCG, `npm run bench -- --kernel`): rates
+   * the VM's CPU can carry, and the leaves this kernel adds.
+   */
+  kernelVm?: boolean;
 }
 
 export type Bench = (opts: BenchOptions) => Promise<BenchResult[]>;

@@ -3,7 +3,7 @@
 // (2) fairness — Jain's index of ten busy members' shares relative to their floors.
 import { run } from "../src/lab/exec.js";
 import { runTransfers } from "../src/lab/iperf.js";
-import { createLab, type Lab } from "../src/lab/topology.js";
+import { createLab } from "../src/lab/topology.js";
 import { applyXml, domainXml, harness, policy, removeDomain } from "../test/helpers/netns.js";
 import {
   atLeast,

@@ -3,7 +3,7 @@ import { run, sleep } from "../src/lab/exec.js";
 import { runTransfers, type TransferResult } from "../src/lab/iperf.js";
 import { type PingResult, pingLatency } from "../src/lab/ping.js";
 import type { Lab } from "../src/lab/topology.js";
-import { applyXml, domainXml, removeDomain, uuidFor } from "../test/helpers/netns.js";
+import { applyXml, domainXml, policy, removeDomain, uuidFor } from "../test/helpers/netns.js";
 import { atMost, type BenchOptions, type BenchResult, info, round } from "./common.js";
 import { kBpsForMbit, withLab } from "./lab.js";
 
@@ -35,7 +35,7 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
     const g = lab.guests[0];
     const tc = (args: string[], allowFail = false) => run("tc", ["-n", lab.hostNs, ...args], { allowFail });
     const idle = await pingLatency(lab.peerNs, g.ipv4, { count: 100, intervalSec: PING_INTERVAL_S });
-    const samples = { virtqos: [] as number[], naive: [] as number[] };
+    const samples = { virtqos: [] as number[], naive: [] as number[], fifo: [] as number[] };
     const perRound: Record<string, unknown>[] = [];
     const uuid = uuidFor("bench-lat");
     let virtqosTc: string[] = [];
@@ -55,6 +55,19 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
       if (applied.rendered.tc.length) virtqosTc = applied.rendered.tc;
       const v = await underLoad(lab, count);
       await removeDomain(h, uuid);
+      // Kernel VM: virtqos's FIFO recipe too (`leaf: fifo`, what the test kernel gets), next to fq_codel.
+      let f: Awaited<ReturnType<typeof underLoad>> | undefined;
+      if (opts.kernelVm) {
+        const limits = { average: kBpsForMbit(MBIT) };
+        const xml = domainXml("bench-lat", uuid, [
+          { guest: g, bridge: lab.bridge, inbound: limits, outbound: limits },
+        ]);
+        const fifo = await applyXml(h, [xml], policy("leaf: fifo\n"));
+        if (fifo.failure || fifo.plan.problems.length) throw new Error("virtqos apply (leaf: fifo) failed");
+        f = await underLoad(lab, count);
+        await removeDomain(h, uuid);
+        samples.fifo.push(...f.ping.samplesMs);
+      }
       // The naive recipe, by hand, on the same tap.
       await tc(["qdisc", "replace", "dev", g.tap, "root", "handle", "1:", "htb", "default", "1"]);
       await tc([
@@ -83,9 +96,13 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
         loadL2Mbit: round(x.transfer.l2BitsPerSec / 1e6, 3),
         loadRetransmits: x.transfer.retransmits,
       });
-      perRound.push({ virtqos: summary(v), naive: { ...summary(n), qdiscs: naiveLeaf } });
+      perRound.push({
+        virtqos: summary(v),
+        naive: { ...summary(n), qdiscs: naiveLeaf },
+        ...(f ? { virtqosFifo: summary(f) } : {}),
+      });
       opts.log(
-        `  round ${round_ + 1}: virtqos p99 ${v.ping.p99Ms.toFixed(1)} ms, naive p99 ${n.ping.p99Ms.toFixed(1)} ms`,
+        `  round ${round_ + 1}: virtqos p99 ${v.ping.p99Ms.toFixed(1)} ms, naive p99 ${n.ping.p99Ms.toFixed(1)} ms${f ? `, virtqos leaf fifo p99 ${f.ping.p99Ms.toFixed(1)} ms` : ""}`,
       );
     }
     const vq = p99(samples.virtqos);
@@ -118,6 +135,17 @@ export async function latency(opts: BenchOptions): Promise<BenchResult[]> {
         perRound: perRound.map((r) => r.naive),
       }),
       info("latency.10mbit.naive_over_virtqos", "naive p99 / virtqos p99", round(nv / vq, 2), "ratio", {}),
+      ...(samples.fifo.length
+        ? [
+            info(
+              "latency.10mbit.virtqos_fifo_p99",
+              "ping p99, virtqos with `leaf: fifo` (the test kernel's recipe)",
+              round(p99(samples.fifo), 2),
+              "ms",
+              { perRound: perRound.map((r) => r.virtqosFifo) },
+            ),
+          ]
+        : []),
     ];
   });
 }

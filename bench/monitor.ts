@@ -57,10 +57,16 @@ function cpuTimes(): number[] {
 }
 
 /**
- * Start polling `dev`'s shaper in `ns` every 500 ms. `stop(windowStart, windowEnd)` (times from nowMs()) gives
+ * Start polling `dev`'s shaper in `ns` every 500 ms (or `intervalMs`). `stop(windowStart, windowEnd)` (times from nowMs()) gives
  * the shaper's rate over the window the transfer tool measured.
  */
-export function startMonitor(opts: { ns: string; dev: string; receiverNs: string }) {
+export function startMonitor(opts: {
+  ns: string;
+  dev: string;
+  receiverNs: string;
+  /** Polling period, default 500 ms; longer in the kernel VM, where every `tc` started costs the senders CPU. */
+  intervalMs?: number;
+}) {
   const samples: Sample[] = [];
   let running = true;
   const cpu0 = cpuTimes();
@@ -69,7 +75,7 @@ export function startMonitor(opts: { ns: string; dev: string; receiverNs: string
     while (running) {
       const s = await sample(opts.ns, opts.dev);
       if (s) samples.push(s);
-      await sleep(500);
+      await sleep(opts.intervalMs ?? 500);
     }
   })();
   let stopped: Promise<void> | undefined;

@@ -7,6 +7,7 @@ import { processRunner } from "../src/adapters/exec.js";
 import { createLogger } from "../src/adapters/log.js";
 import { probeCapabilities } from "../src/adapters/probe.js";
 import { type EngineContext, type ReconcileResult, reconcile } from "../src/app/engine.js";
+import { type TxContext, txBegin, txRollback } from "../src/app/tx.js";
 import { parseDomainXml } from "../src/core/domain-xml.js";
 import type { DomainInfo } from "../src/core/model.js";
 import { emptyPolicy } from "../src/core/policy.js";
@@ -207,6 +208,18 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
       `  (b) one process per line: ${(perLineMs / 1000).toFixed(1)} s${extrapolated ? ` (extrapolated: ${tcSample.length} of ${tc.length} tc lines run one by one)` : ""}; ${verifyB.plan.ops.length} ops left`,
     );
 
+    // (b2) the very lines the engine rendered, as bare batches (ip, tc, ip) on a third fresh namespace: the
+    // floor any tool must pay; the engine's cold apply is judged against it.
+    const c = await tapNamespace("scaleC", register);
+    t0 = nowMs();
+    await run("ip", ["-n", c.ns, "-batch", "-"], { input: `${ipPre.join("\n")}\n` });
+    await run("tc", ["-n", c.ns, "-batch", "-"], { input: `${tc.join("\n")}\n` });
+    if (ipPost.length) await run("ip", ["-n", c.ns, "-batch", "-"], { input: `${ipPost.join("\n")}\n` });
+    const bareMs = nowMs() - t0;
+    opts.log(
+      `  (b2) bare ip/tc batches of the same lines: ${bareMs.toFixed(0)} ms (engine: ${coldMs.toFixed(0)} ms)`,
+    );
+
     // (c) no-op re-apply, a few times, run dir on tmpfs like /run/virtqos
     const noop = await noopRuns(ctxA, req, opts.quick ? 2 : 3);
     // The same with the records on a disk filesystem (this machine's /run and /tmp are ext4).
@@ -216,6 +229,35 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
     const noopDisk = await noopRuns({ ...ctxA, runDir: diskDir }, req, 2);
     opts.log(
       `  (c) no-op re-apply: ${noop.ms.map((m) => m.toFixed(0)).join(", ")} ms (run dir on ${runA.tmpfs ? "tmpfs" : "disk"}), ops ${noop.ops.join(", ")}; disk run dir: ${noopDisk.ms.map((m) => m.toFixed(0)).join(", ")} ms`,
+    );
+
+    // (d) a transaction over all of it: begin (snapshot), change every tap's limits, roll back.
+    const stateDir = mkdtempSync(join(tmpdir(), "vqbench-scaleState-"));
+    dirs.push(stateDir);
+    const policyFile = join(stateDir, "policy.yaml");
+    const txCtx: TxContext = {
+      runner: ctxA.runner,
+      runDir: runA.dir,
+      stateDir,
+      policyFile,
+      log: ctxA.log,
+      who: { uid: 0, user: "bench", door: "bench" },
+      caps: async () => caps,
+    };
+    t0 = nowMs();
+    await txBegin(txCtx);
+    const beginMs = nowMs() - t0;
+    const changed = xmls.map((x) => x.replace(/average='(\d+)'/g, (_m, n) => `average='${Number(n) + 1}'`));
+    const change = await reconcile({ ...ctxA, stateDir }, { ...req, domains: changed.map(parseDomainXml) });
+    check(change, "change inside the transaction");
+    const rollbackTimed = timingRunner(ctxA.runner);
+    t0 = nowMs();
+    const rb = await txRollback({ ...txCtx, runner: rollbackTimed.runner });
+    const rollbackMs = nowMs() - t0;
+    if (rb.differences.length)
+      throw new Error(`rollback left differences: ${rb.differences.slice(0, 3).join("; ")}`);
+    opts.log(
+      `  (d) tx begin ${beginMs.toFixed(0)} ms, change ${change.plan.ops.length} ops, rollback ${rollbackMs.toFixed(0)} ms (${rb.entry.devices.length} devices, verified)`,
     );
 
     const common = {
@@ -251,6 +293,35 @@ export async function scale(opts: BenchOptions): Promise<BenchResult[]> {
         round(coldMs / 1000, 3),
         "s",
         common,
+      ),
+      atMost(
+        "scale.cold_over_bare_batch",
+        "cold reconcile / bare ip+tc batches of the same lines (fresh namespaces)",
+        round(coldMs / bareMs, 2),
+        "ratio",
+        1.3,
+        { coldApplyMs: round(coldMs, 1), bareBatchMs: round(bareMs, 1) },
+      ),
+      info(
+        "scale.tx_begin",
+        `tx begin (snapshot) with ${TAPS} shaped taps`,
+        round(beginMs / 1000, 3),
+        "s",
+        {},
+      ),
+      atMost(
+        "scale.tx_rollback_over_cold",
+        `tx rollback of a change to all ${TAPS} taps / cold apply`,
+        round(rollbackMs / coldMs, 2),
+        "ratio",
+        1.5,
+        {
+          rollbackMs: round(rollbackMs, 1),
+          coldApplyMs: round(coldMs, 1),
+          changeOps: change.plan.ops.length,
+          devicesRestored: rb.entry.devices.length,
+          rollbackBreakdown: breakdownOf({ totalMs: round(rollbackMs, 1), calls: rollbackTimed.calls }),
+        },
       ),
       info(
         "scale.per_line",

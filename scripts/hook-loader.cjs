@@ -3,6 +3,8 @@
 // guest start, and Node 20 keeps no compiled code between runs: compiling the bundle was a third of the
 // hook's own time. The cache lives in the run directory (tmpfs, per boot); V8 rejects a cache that does not
 // match the source or the V8 build, and the next run simply writes a new one.
+// Two entries run it: the installed hook (/etc/libvirt/hooks/qemu.d/virtqos requires this file) and
+// `bin/virtqos hook qemu ...` (which strips `hook qemu` from process.argv first); both share the cache.
 const fs = require("node:fs");
 const path = require("node:path");
 const vm = require("node:vm");

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import {
   chmodSync,
   existsSync,
@@ -16,8 +17,11 @@ import { policyPath } from "./adapters/policy-file.js";
 import { loadPolicy } from "./adapters/policy-load.js";
 import { cachedCapabilities, probeCapabilities } from "./adapters/probe.js";
 import { defaultRunDir, loadRecords } from "./adapters/state.js";
+import { currentActor, defaultStateDir, writeDurable } from "./adapters/tx-journal.js";
 import { describeLimit, type ReconcileResult, reconcile } from "./app/engine.js";
 import { collectStatus, statusTable } from "./app/status.js";
+import { spawnWatcher, txBegin } from "./app/tx.js";
+import { addTxCommands, parseTimeout, txContext, watcherGlobals } from "./cli-tx.js";
 import { DomainXmlError, parseDomainXml } from "./core/domain-xml.js";
 import type { DomainInfo } from "./core/model.js";
 import { PolicyError } from "./core/policy.js";
@@ -32,6 +36,7 @@ const VERSION = "0.1.0";
 interface Globals {
   config?: string;
   runDir?: string;
+  stateDir?: string;
   netns?: string;
   json?: boolean;
 }
@@ -40,6 +45,8 @@ function context(g: Globals, log: Logger) {
   return {
     runner: processRunner({ netns: g.netns }),
     runDir: g.runDir ?? defaultRunDir(),
+    stateDir: g.stateDir ?? defaultStateDir(),
+    who: currentActor("cli"),
     log,
   };
 }
@@ -48,6 +55,11 @@ function out(g: Globals, json: unknown, text: string): void {
   process.stdout.write(
     g.json ? `${JSON.stringify(json, null, 2)}\n` : text.endsWith("\n") ? text : `${text}\n`,
   );
+}
+
+/** The script this CLI runs as (bin/virtqos), for the detached confirm timer. */
+function cliEntry(): string {
+  return process.argv[1] ?? "virtqos";
 }
 
 function readDomains(files: string[]): DomainInfo[] {
@@ -116,6 +128,10 @@ export function buildProgram(): Command {
     )
     .option("--config <file>", "policy file (default $VIRTQOS_CONFIG or /etc/virtqos/policy.yaml)")
     .option("--run-dir <dir>", "state and lock directory (default $VIRTQOS_RUN_DIR or /run/virtqos)")
+    .option(
+      "--state-dir <dir>",
+      "persistent state: the transaction journal (default $VIRTQOS_STATE_DIR or /var/lib/virtqos)",
+    )
     .addOption(new Option("--netns <name>", "act inside this network namespace (tests, lab)").hideHelp())
     .version(VERSION, "-V, --version")
     .showHelpAfterError()
@@ -131,7 +147,7 @@ export function buildProgram(): Command {
     ["plan", true],
     ["apply", false],
   ] as const) {
-    program
+    const cmd = program
       .command(name)
       .description(
         dryRun
@@ -139,25 +155,63 @@ export function buildProgram(): Command {
           : "shape the interfaces of the given domains now (what the hook does, for many domains at once)",
       )
       .requiredOption("--xml <files...>", "domain XML files (virsh dumpxml NAME > NAME.xml)")
-      .option("--json", "machine-readable output")
-      .action(async (opts: { xml: string[]; json?: boolean }) => {
-        const g: Globals = { ...program.opts(), json: opts.json };
-        const log = withLog(g);
-        const policy = loadPolicy(policyPath(g.config));
-        log.setLevel(policy.logLevel);
-        const domains = readDomains(opts.xml);
-        const r = await reconcile(context(g, log), {
-          domains,
-          policy,
-          scope: domains.map((d) => d.uuid),
-          sweep: !dryRun,
-          dryRun,
+      .option("--json", "machine-readable output");
+    if (!dryRun) {
+      cmd
+        .option(
+          "--confirm <duration>",
+          "apply inside a transaction that is rolled back after this long (e.g. 60s) unless `virtqos tx commit` runs first, from any shell",
+        )
+        .option(
+          "--policy <file>",
+          "with --confirm: put this policy in place of the current one inside the transaction (the current file comes back on rollback)",
+        );
+    }
+    cmd.action(async (opts: { xml: string[]; json?: boolean; confirm?: string; policy?: string }) => {
+      const g: Globals = { ...program.opts(), json: opts.json };
+      const log = withLog(g);
+      if (opts.policy && !opts.confirm) {
+        throw new VirtqosError(
+          "USAGE",
+          "--policy is for trying a policy with --confirm; fix: add --confirm 60s, or copy the file to the policy path",
+        );
+      }
+      // Validate the new policy before anything is snapshotted or changed.
+      const policy = loadPolicy(opts.policy ?? policyPath(g.config));
+      log.setLevel(policy.logLevel);
+      const domains = readDomains(opts.xml);
+      let confirm: { id: string; deadline?: string } | undefined;
+      if (opts.confirm) {
+        const timeoutMs = parseTimeout("--confirm", opts.confirm);
+        const t = await txBegin(txContext(g, log), {
+          timeoutMs,
+          beforeOpen: (id) => spawnWatcher(cliEntry(), id, watcherGlobals(g)),
         });
-        await log.close();
-        out(g, resultJson(r), summarise(r, dryRun));
-        process.exitCode = exitFor(r);
+        confirm = { id: t.id, deadline: t.deadline };
+        if (opts.policy) writeDurable(policyPath(g.config), readFileSync(opts.policy));
+      }
+      const r = await reconcile(context(g, log), {
+        domains,
+        policy,
+        scope: domains.map((d) => d.uuid),
+        sweep: !dryRun,
+        dryRun,
       });
+      await log.close();
+      const confirmText = confirm
+        ? `\ntransaction ${confirm.id}: run \`virtqos tx commit\` (from any shell) before ${confirm.deadline}, or everything returns to how it was`
+        : "";
+      out(g, { ...resultJson(r), transaction: confirm }, `${summarise(r, dryRun)}${confirmText}`);
+      process.exitCode = exitFor(r);
+    });
   }
+
+  addTxCommands(program, {
+    globals: () => program.opts<Globals>(),
+    log: withLog,
+    out,
+    cliEntry: cliEntry(),
+  });
 
   program
     .command("status")
@@ -270,16 +324,20 @@ export function buildProgram(): Command {
       "--reload",
       "send SIGHUP to the running libvirtd so it rescans its hooks (running guests are unaffected)",
     )
+    .option("--systemd-dir <dir>", "where to install virtqos-recover.service", "/etc/systemd/system")
     .option("--json", "machine-readable output")
-    .action((opts: { hooksDir: string; reload?: boolean; json?: boolean }) => {
+    .action((opts: { hooksDir: string; reload?: boolean; systemdDir: string; json?: boolean }) => {
       const g: Globals = { ...program.opts(), json: opts.json };
       const r = installHook(opts.hooksDir);
       let reloaded = false;
       if (opts.reload) reloaded = reloadLibvirtd();
-      const message = opts.reload
-        ? `${r.message.split("\n")[0]}\n${reloaded ? "libvirtd reloaded (SIGHUP): the hook is active now" : "could not signal libvirtd (not running?): start it and the hook is active"}`
-        : r.message;
-      out(g, { ...r, reloaded, message }, message);
+      const recover = installRecoverUnit(opts.systemdDir, { stateDir: g.stateDir });
+      const message = `${
+        opts.reload
+          ? `${r.message.split("\n")[0]}\n${reloaded ? "libvirtd reloaded (SIGHUP): the hook is active now" : "could not signal libvirtd (not running?): start it and the hook is active"}`
+          : r.message
+      }\n${recover.message}`;
+      out(g, { ...r, reloaded, recoverUnit: recover, message }, message);
     });
 
   program
@@ -358,6 +416,45 @@ export function installHook(hooksDir: string): { path: string; restartNeeded: bo
       : "libvirtd already runs hooks from this directory: the hook is active for the next guest start, no reload needed",
   ].join("\n");
   return { path, restartNeeded, message };
+}
+
+/**
+ * virtqos-recover.service, where systemd runs: rolls back a transaction left open by a crash or a reboot
+ * before libvirtd starts guests. The unit file ships in systemd/; paths are filled in for this install.
+ */
+export function installRecoverUnit(
+  unitDir = "/etc/systemd/system",
+  opts: { stateDir?: string; systemdRunning?: boolean; enable?: boolean } = {},
+): { path?: string; enabled: boolean; message: string } {
+  const running = opts.systemdRunning ?? existsSync("/run/systemd/system");
+  if (!running) {
+    return {
+      enabled: false,
+      message:
+        "systemd is not running here: virtqos-recover.service not installed; run `virtqos tx recover` at boot before libvirtd instead",
+    };
+  }
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+  const template = readFileSync(join(root, "systemd", "virtqos-recover.service"), "utf8");
+  const unit = template
+    .replaceAll("@NODE@", process.execPath)
+    .replaceAll("@VIRTQOS_ROOT@", root)
+    .replaceAll("@STATE_DIR@", opts.stateDir ?? defaultStateDir());
+  mkdirSync(unitDir, { recursive: true });
+  const path = join(unitDir, "virtqos-recover.service");
+  writeFileSync(`${path}.tmp`, unit, { mode: 0o644 });
+  renameSync(`${path}.tmp`, path);
+  let enabled = false;
+  if (opts.enable ?? true) {
+    const reload = spawnSync("systemctl", ["daemon-reload"], { stdio: "ignore" });
+    const enable = spawnSync("systemctl", ["enable", "virtqos-recover.service"], { stdio: "ignore" });
+    enabled = reload.status === 0 && enable.status === 0;
+  }
+  return {
+    path,
+    enabled,
+    message: `installed ${path}${enabled ? " (enabled: runs `virtqos tx recover` before libvirtd at boot)" : "; enable it with `systemctl enable virtqos-recover.service`"}`,
+  };
 }
 
 function reloadLibvirtd(): boolean {

@@ -43,6 +43,24 @@ export const ERRORS: Record<string, ErrorInfo> = {
     summary: "A batch failed and restoring the previous state failed too.",
     fix: "Run `virtqos status` to see what differs, then `virtqos apply` or `virtqos clear --domain D`.",
   },
+  TX_OPEN: {
+    exitCode: EXIT.FAILED,
+    summary:
+      "`virtqos tx begin` (or `apply --confirm`) while another transaction is open; one at a time per host.",
+    fix: "`virtqos tx status` shows the open one: commit it (`virtqos tx commit`) or roll it back (`virtqos tx rollback`).",
+  },
+  TX_NONE: {
+    exitCode: EXIT.FAILED,
+    summary:
+      "`virtqos tx commit` or `rollback` with no transaction open (it may have timed out and been rolled back).",
+    fix: "`virtqos tx log` shows how the last transaction ended.",
+  },
+  TX_ROLLING_BACK: {
+    exitCode: EXIT.FAILED,
+    summary:
+      "A rollback of this transaction started (by a timeout, `tx rollback` or boot recovery) and has not finished.",
+    fix: "Run `virtqos tx rollback` to finish it; a commit is no longer possible.",
+  },
   ROOT_QDISC_FOREIGN: {
     exitCode: EXIT.PARTIAL,
     summary: "The interface's root qdisc was created by someone else; virtqos does not replace it.",
@@ -62,6 +80,12 @@ export const ERRORS: Record<string, ErrorInfo> = {
     exitCode: EXIT.PARTIAL,
     summary: "`outbound.mode: police` was asked for but the kernel lacks the police action.",
     fix: "Remove `mode: police`; the default (shape through an IFB) works without it.",
+  },
+  INGRESS_FILTER_FOREIGN: {
+    exitCode: EXIT.PARTIAL,
+    summary:
+      "Another tool's filter sits on the hook virtqos redirects from, at a priority the kernel evaluates first (libvirt's own `<bandwidth>` police filter is one): it would take the traffic before virtqos sees it, so virtqos does not shape that interface.",
+    fix: "Remove the other filter (the message gives the exact `tc filter del` line) or leave the interface to that tool; for libvirt, move the limit from `<bandwidth>` to virtqos metadata or the policy file.",
   },
   IFB_UNAVAILABLE: {
     exitCode: EXIT.PARTIAL,
@@ -101,10 +125,22 @@ export const ERRORS: Record<string, ErrorInfo> = {
     summary: "tc, ip or logger is not installed.",
     fix: "apt-get install iproute2 bsdutils",
   },
+  PROBE_FAILED: {
+    exitCode: EXIT.FAILED,
+    summary:
+      "Probing the kernel's tc features was disturbed (its device taken or gone, a busy kernel) three times; nothing was cached or applied.",
+    fix: "Run the command again; `virtqos doctor` shows the probe's raw errors.",
+  },
   LOCK_TIMEOUT: {
     exitCode: EXIT.FAILED,
     summary: "Another virtqos held the lock for too long.",
     fix: "Check for a hung virtqos process; the lock is /run/virtqos/lock.",
+  },
+  HOOK_TIMEOUT: {
+    exitCode: EXIT.FAILED,
+    summary:
+      "The libvirt hook did not finish within `hookTimeout` (default 20s): it killed the tc/ip processes it had started, rolled back a batch it had begun (within 3 s more), released the lock and let the guest start (exit 1 only with `strict: true`).",
+    fix: "The message names the command that was still running; check for a hung tc/ip or a host under heavy load. The next `virtqos apply --xml` or guest start converges to the policy.",
   },
   STATUS_MISMATCH: {
     exitCode: EXIT.MISMATCH,

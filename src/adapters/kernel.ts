@@ -6,10 +6,12 @@ import {
   type ObservedDevice,
   type ObservedLink,
   observeBatchLines,
+  policeFromText,
   qdiscsFromJson,
   splitObserveOutput,
 } from "../core/normalise.js";
 import type { Observed } from "../core/plan.js";
+import { HOOK_PARENT, ROOT_HANDLE } from "../core/tc/handles.js";
 import type { ExecResult, Runner } from "./exec.js";
 
 export class BatchError extends Error {
@@ -68,8 +70,8 @@ export async function observe(
   for (const dev of wanted) {
     const qs = qdiscs.get(dev);
     if (!links.has(dev) || !qs) continue;
-    const hook = qs.find((q) => q.parent === "ffff:fff1");
-    const ourRoot = qs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === "7651:");
+    const hook = qs.find((q) => q.parent === HOOK_PARENT);
+    const ourRoot = qs.some((q) => q.parent === "root" && q.kind === "htb" && q.handle === ROOT_HANDLE);
     // Without virtqos's root or a hook qdisc there is nothing of ours to read: a fresh tap costs no query,
     // which spares a guest start one process.
     if (!ourRoot && !hook && !opts.stats) continue;
@@ -101,6 +103,7 @@ export async function observe(
       }
     }
   }
+  await fillPoliceFromText(runner, devices);
   for (const [dev, qs] of qdiscs)
     if (!devices.has(dev)) devices.set(dev, { dev, qdiscs: qs, classes: [], filters: [] });
   return { links, devices, records: opts.records };
@@ -117,6 +120,7 @@ export async function runBatch(
   const args = force ? ["-force", "-batch", "-"] : ["-batch", "-"];
   const res = await runner.run(tool, args, `${lines.join("\n")}\n`);
   if (res.code === 0) return;
+  if (force && onlyAlreadyGone(res.stderr, lines)) return;
   const m = /Command failed -:(\d+)/.exec(res.stderr);
   const n = m ? Number(m[1]) : undefined;
   const detail = res.stderr
@@ -124,4 +128,36 @@ export async function runBatch(
     .filter((l) => l.trim() && !l.startsWith("Command failed"))
     .join("; ");
   throw new BatchError(tool, n, n ? lines[n - 1] : undefined, detail || res.stderr);
+}
+
+/**
+ * With -force every failing line is reported. Deleting a device that is already gone is success (teardown
+ * after a crash, a guest stopped meanwhile): true when every failure is such a delete.
+ */
+function onlyAlreadyGone(stderr: string, lines: string[]): boolean {
+  const failed = [...stderr.matchAll(/Command failed -:(\d+)/g)].map((m) => lines[Number(m[1]) - 1] ?? "");
+  return (
+    failed.length > 0 &&
+    failed.every((l) => /^link del /.test(l)) &&
+    stderr
+      .split("\n")
+      .filter((l) => l.trim() && !l.startsWith("Command failed"))
+      .every((l) => /Cannot find device/.test(l))
+  );
+}
+
+/** Police filters whose JSON lacked rate and burst (iproute2 6.1): read them from the text output instead. */
+async function fillPoliceFromText(runner: Runner, devices: Map<string, ObservedDevice>): Promise<void> {
+  for (const [dev, d] of devices) {
+    for (const hook of ["ingress", "egress"] as const) {
+      const blind = d.filters.filter(
+        (f) => f.hook === hook && f.police && !Number.isFinite(f.police.rateBitsPerSec),
+      );
+      if (!blind.length) continue;
+      const res = await runner.run("tc", ["filter", "show", "dev", dev, hook]);
+      if (res.code !== 0) continue;
+      const byPrio = policeFromText(res.stdout);
+      for (const f of blind) f.police = byPrio.get(f.prio) ?? f.police;
+    }
+  }
 }

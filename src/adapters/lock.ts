@@ -1,5 +1,6 @@
-import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { appendFileSync, closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { onChildSpawn } from "./exec.js";
 
 // libvirt starts guests in parallel, and each start runs the hook: they must not observe and apply at once.
 // Node has no flock(2), so: an O_EXCL lock file holding the owner's pid, stolen only from a dead owner.
@@ -7,6 +8,26 @@ import { join } from "node:path";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let inProcess: Promise<void> = Promise.resolve();
+
+// Lock files this process holds. One that exits through process.exit() while holding one (the hook's
+// wall-clock guard, its last-resort error handler) releases it on the way out: a dead owner's lock is
+// stolen by the next waiter anyway, but only after it has polled the owner's pid.
+const held = new Set<() => void>();
+let exitHandler = false;
+
+function holdUntilExit(release: () => void): void {
+  held.add(release);
+  if (exitHandler) return;
+  exitHandler = true;
+  process.on("exit", releaseHeldLocks);
+}
+
+/** Release every lock file this process holds (idempotent); returns how many there were. */
+export function releaseHeldLocks(): number {
+  const all = [...held];
+  for (const release of all) release();
+  return all.length;
+}
 
 export class LockTimeoutError extends Error {
   readonly code = "LOCK_TIMEOUT";
@@ -31,9 +52,10 @@ export async function acquireLock(runDir: string, timeoutMs = 30_000): Promise<(
   }
 }
 
-async function acquireFileLock(runDir: string, timeoutMs: number): Promise<() => void> {
+/** The cross-process part alone, on any lock file of the run directory (the probe has its own). */
+export async function acquireFileLock(runDir: string, timeoutMs: number, name = "lock"): Promise<() => void> {
   mkdirSync(runDir, { recursive: true });
-  const file = join(runDir, "lock");
+  const file = join(runDir, name);
   const deadline = Date.now() + timeoutMs;
   let wait = 2;
   for (;;) {
@@ -42,20 +64,35 @@ async function acquireFileLock(runDir: string, timeoutMs: number): Promise<() =>
       writeSync(fd, String(process.pid));
       closeSync(fd);
       let released = false;
-      return () => {
+      // Every tc/ip this process starts while it holds the lock is listed in the lock file after the owner.
+      const unlisten = onChildSpawn((pid) => {
+        try {
+          appendFileSync(file, `\n${pid}`);
+        } catch {
+          // The lock file is gone (released meanwhile): nothing to record.
+        }
+      });
+      const release = () => {
         if (released) return;
         released = true;
+        unlisten();
+        held.delete(release);
         try {
           unlinkSync(file);
         } catch {
           // Already gone: nothing to release.
         }
       };
+      holdUntilExit(release);
+      return release;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
     }
     const owner = readOwner(file);
     if (owner !== undefined && !alive(owner)) {
+      // A killed owner's children live on (a `tc -batch` half way through its lines): stop them first, or
+      // they would change the kernel under the new owner's feet after it observed it.
+      await stopOrphans(file);
       try {
         unlinkSync(file);
       } catch {
@@ -73,16 +110,47 @@ async function acquireFileLock(runDir: string, timeoutMs: number): Promise<() =>
   }
 }
 
-function readOwner(file: string): number | undefined {
+function readPids(file: string): number[] {
   try {
-    const pid = Number(readFileSync(file, "utf8").trim());
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    return readFileSync(file, "utf8")
+      .split("\n")
+      .map((l) => Number(l.trim()))
+      .filter((pid) => Number.isInteger(pid) && pid > 0);
   } catch {
-    return undefined;
+    return [];
   }
 }
 
-function alive(pid: number): boolean {
+function readOwner(file: string): number | undefined {
+  return readPids(file)[0];
+}
+
+/** Kill the tc/ip children a dead owner listed (only if they still are tc or ip: pids are reused). */
+async function stopOrphans(file: string): Promise<void> {
+  const orphans = readPids(file)
+    .slice(1)
+    .filter((pid) => alive(pid) && isIproute2(pid));
+  for (const pid of orphans) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  for (let i = 0; i < 100 && orphans.some(alive); i++) await sleep(10);
+}
+
+function isIproute2(pid: number): boolean {
+  try {
+    const comm = readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+    return comm === "tc" || comm === "ip";
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a process exists (EPERM: it does, as another user). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import type { LogLevel } from "../core/policy.js";
 
-// Syslog like seed 000: ident "virtqos", "LEVEL: message". Node cannot write to /dev/log (a datagram socket)
+// Syslog as the hook scripts operators replace wrote it (grep-able by their existing alerts): ident "virtqos", "LEVEL: message". Node cannot write to /dev/log (a datagram socket)
 // without a native module, so one logger(1) process per run takes every line, each with its own priority.
 
 const SEVERITY: Record<LogLevel, number> = { debug: 7, info: 6, warning: 4, error: 3 };

@@ -22,7 +22,15 @@ export function policyAsksStrict(file: string): boolean {
   }
 }
 
+/**
+ * The shape of the parsed policy this build caches. Bump it whenever Policy changes shape: an upgrade without
+ * a reboot finds the old build's cache in /run, and a hook reading a policy without the fields it expects
+ * (a group's resolved limits) would fail on every guest start.
+ */
+const CACHE_FORMAT = 2;
+
 interface CacheEntry {
+  format: number;
   file: string;
   dev: number;
   ino: number;
@@ -42,7 +50,12 @@ export async function loadPolicyCached(file: string, runDir: string): Promise<Po
   }
   const cacheFile = join(runDir, "policy-cache.json");
   const same = (c: CacheEntry) =>
-    c.file === file && c.dev === st.dev && c.ino === st.ino && c.size === st.size && c.mtimeMs === st.mtimeMs;
+    c.format === CACHE_FORMAT &&
+    c.file === file &&
+    c.dev === st.dev &&
+    c.ino === st.ino &&
+    c.size === st.size &&
+    c.mtimeMs === st.mtimeMs;
   try {
     const cached = JSON.parse(readFileSync(cacheFile, "utf8")) as CacheEntry;
     if (same(cached)) return cached.policy;
@@ -53,7 +66,15 @@ export async function loadPolicyCached(file: string, runDir: string): Promise<Po
   const policy = parsePolicy(readFileSync(file, "utf8"), file);
   try {
     mkdirSync(runDir, { recursive: true });
-    const entry: CacheEntry = { file, dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, policy };
+    const entry: CacheEntry = {
+      format: CACHE_FORMAT,
+      file,
+      dev: st.dev,
+      ino: st.ino,
+      size: st.size,
+      mtimeMs: st.mtimeMs,
+      policy,
+    };
     const tmp = `${cacheFile}.${process.pid}`;
     writeFileSync(tmp, JSON.stringify(entry));
     renameSync(tmp, cacheFile);

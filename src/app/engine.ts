@@ -4,12 +4,19 @@ import { acquireLock } from "../adapters/lock.js";
 import type { Logger } from "../adapters/log.js";
 import { cachedCapabilities } from "../adapters/probe.js";
 import { loadRecords, saveRecords } from "../adapters/state.js";
+import {
+  type Actor,
+  appendEvent,
+  currentActor,
+  defaultStateDir,
+  readOpenTx,
+} from "../adapters/tx-journal.js";
 import type { DesiredInterface, DirectionLimit, DomainInfo } from "../core/model.js";
 import { type Observed, type Op, type Plan, type PlanProblem, plan, planRestore } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { htbClass } from "../core/recipe.js";
-import { type Rendered, render } from "../core/render.js";
+import { type Rendered, render, splitTcByCreated } from "../core/render.js";
 import { resolveDomain } from "../core/resolve.js";
 import { formatRate, formatSize } from "../core/units.js";
 
@@ -24,6 +31,12 @@ export interface EngineContext {
   lockTimeoutMs?: number;
   /** The caller already holds the lock and started the base dumps under it (the hook, to save time). */
   held?: { base: BaseDump };
+  /** The caller holds the lock (a transaction rollback, which observes, applies and verifies under it). */
+  lockHeld?: boolean;
+  /** Where the transaction journal lives (default $VIRTQOS_STATE_DIR or /var/lib/virtqos). */
+  stateDir?: string;
+  /** Who asks, for the transaction journal. */
+  who?: Actor;
 }
 
 export interface ReconcileRequest {
@@ -33,6 +46,10 @@ export interface ReconcileRequest {
   scope: string[] | "all";
   sweep?: boolean;
   dryRun?: boolean;
+  /** The desired state itself, instead of resolving `domains` (a rollback re-applies recorded limits). */
+  desired?: DesiredInterface[];
+  /** Record the change in an open transaction (default true; a rollback does not journal itself). */
+  journal?: boolean;
 }
 
 export interface ReconcileResult {
@@ -49,23 +66,20 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   const warnings: string[] = [];
   const desired: DesiredInterface[] = [];
   const resolveProblems: PlanProblem[] = [];
-  for (const d of req.domains) {
-    const r = resolveDomain(d, req.policy);
-    desired.push(...r.interfaces);
-    warnings.push(...r.warnings);
-    resolveProblems.push(...r.problems);
+  if (req.desired) desired.push(...req.desired);
+  else {
+    for (const d of req.domains) {
+      const r = resolveDomain(d, req.policy);
+      desired.push(...r.interfaces);
+      warnings.push(...r.warnings);
+      resolveProblems.push(...r.problems);
+    }
   }
   for (const w of warnings) ctx.log.warning(w);
-  const release = req.dryRun || ctx.held ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
+  const release =
+    req.dryRun || ctx.held || ctx.lockHeld ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
   try {
-    const records = loadRecords(ctx.runDir);
-    const devs = desired.flatMap((d) => (d.dev ? [d.dev] : []));
-    const before = await observe(ctx.runner, {
-      devs,
-      records,
-      everything: req.scope === "all",
-      base: ctx.held?.base,
-    });
+    const before = await snapshot(ctx, desired, req.scope === "all");
     const p = plan(desired, before, caps, {
       leaf: req.policy.leaf,
       scope: req.scope,
@@ -73,40 +87,21 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       groups: req.policy.groups,
     });
     p.problems.unshift(...resolveProblems);
-    const rendered = render(p.ops);
+    const tx = begin(ctx, p, before, caps);
     for (const n of p.notes) (n.level === "warning" ? ctx.log.warning : ctx.log.info)(n.message);
     for (const pr of p.problems) ctx.log.error(`${pr.code}: ${pr.message}; fix: ${pr.fix}`);
-    const result: ReconcileResult = { desired, plan: p, rendered, applied: false, warnings };
+    const result: ReconcileResult = { desired, plan: p, rendered: tx.rendered, applied: false, warnings };
     if (req.dryRun) return result;
     if (p.ops.length === 0) {
       ctx.log.debug("kernel already matches the desired state; nothing to do");
-      saveRecords(ctx.runDir, p.records, p.forget);
+      tx.commit();
       return result;
     }
-    for (const line of [
-      ...rendered.ipPre.map((l) => `ip ${l}`),
-      ...rendered.tc.map((l) => `tc ${l}`),
-      ...rendered.ipPost.map((l) => `ip ${l}`),
-    ]) {
-      ctx.log.debug(`batch: ${line}`);
-    }
+    if (req.journal !== false) journalChange(ctx, req, p.ops);
     try {
-      // tc lines that do not touch a device being created run alongside `ip` creating it: a guest start
-      // waits for the hook, and this saves it one process round trip. Order within each group is kept.
-      const created = new Set(p.ops.filter((o) => o.op === "ifb-add").map((o) => o.dev));
-      const needsNew = (line: string) => [...created].some((dev) => line.includes(` ${dev}`));
-      const early = created.size ? rendered.tc.filter((l) => !needsNew(l)) : [];
-      const late = created.size ? rendered.tc.filter(needsNew) : rendered.tc;
-      const results = await Promise.allSettled([
-        runBatch(ctx.runner, "ip", rendered.ipPre),
-        runBatch(ctx.runner, "tc", early),
-      ]);
-      const rejected = results.find((r) => r.status === "rejected");
-      if (rejected) throw (rejected as PromiseRejectedResult).reason;
-      await runBatch(ctx.runner, "tc", late);
-      await runBatch(ctx.runner, "ip", rendered.ipPost);
+      await tx.apply();
     } catch (e) {
-      const restored = await rollback(ctx, before, p.ops, caps);
+      const restored = await tx.rollback();
       const be = e instanceof BatchError ? e : undefined;
       result.failure = {
         message: (e as Error).message,
@@ -120,7 +115,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       );
       return result;
     }
-    saveRecords(ctx.runDir, p.records, p.forget);
+    tx.commit();
     result.applied = true;
     logApplied(ctx.log, desired, p.ops);
     return result;
@@ -129,14 +124,81 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   }
 }
 
-/** Put every device the failed batch may have touched back as `before` had it. Returns whether that worked. */
-async function rollback(
+/**
+ * What the kernel and the records say now, for the devices `desired` names, those the records name, every
+ * virtqos IFB, and (`everything`) every device with a qdisc. Under the engine's lock.
+ */
+export async function snapshot(
+  ctx: EngineContext,
+  desired: DesiredInterface[],
+  everything: boolean,
+): Promise<Observed> {
+  return observe(ctx.runner, {
+    devs: desired.flatMap((d) => (d.dev ? [d.dev] : [])),
+    records: loadRecords(ctx.runDir),
+    everything,
+    base: ctx.held?.base,
+  });
+}
+
+/**
+ * One change to the kernel: the plan and the snapshot it was made against. `apply()` runs the batches,
+ * `commit()` keeps the result (the state records), `rollback()` puts every device the plan touches back as
+ * the snapshot had it and says whether the kernel then reads back equal. A failed batch and a transaction's
+ * rollback end in this same restore (restoreDevices).
+ */
+export interface KernelTx {
+  readonly rendered: Rendered;
+  apply(): Promise<void>;
+  commit(): void;
+  rollback(): Promise<boolean>;
+}
+
+export function begin(ctx: EngineContext, p: Plan, before: Observed, caps: Capabilities): KernelTx {
+  const rendered = render(p.ops);
+  return {
+    rendered,
+    async apply() {
+      for (const line of [
+        ...rendered.ipPre.map((l) => `ip ${l}`),
+        ...rendered.tc.map((l) => `tc ${l}`),
+        ...rendered.ipPost.map((l) => `ip ${l}`),
+      ]) {
+        ctx.log.debug(`batch: ${line}`);
+      }
+      // tc lines that do not touch a device being created run alongside `ip` creating it: a guest start
+      // waits for the hook, and this saves it one process round trip. Order within each group is kept.
+      const created = new Set(p.ops.filter((o) => o.op === "ifb-add").map((o) => o.dev));
+      const { early, late } = splitTcByCreated(rendered, created);
+      const results = await Promise.allSettled([
+        runBatch(ctx.runner, "ip", rendered.ipPre),
+        runBatch(ctx.runner, "tc", early),
+      ]);
+      const rejected = results.find((r) => r.status === "rejected");
+      if (rejected) throw (rejected as PromiseRejectedResult).reason;
+      await runBatch(ctx.runner, "tc", late);
+      // Only deletes: one of a device already gone is success, and the rest still run.
+      await runBatch(ctx.runner, "ip", rendered.ipPost, true);
+    },
+    commit() {
+      saveRecords(ctx.runDir, p.records, p.forget);
+    },
+    rollback() {
+      return restoreDevices(ctx, before, new Set(p.ops.map((o) => o.dev)), caps);
+    },
+  };
+}
+
+/**
+ * Put `devs` back as `before` had them (virtqos's trees, filters, hook qdiscs and IFBs; nobody else's), then
+ * read the kernel again: true when nothing is left to restore.
+ */
+export async function restoreDevices(
   ctx: EngineContext,
   before: Observed,
-  ops: Op[],
+  devs: Set<string>,
   caps: Capabilities,
 ): Promise<boolean> {
-  const devs = new Set(ops.map((o) => o.dev));
   try {
     const after = await observe(ctx.runner, { devs, records: before.records });
     const restore = planRestore(before, after, devs, caps);
@@ -152,6 +214,29 @@ async function rollback(
   }
 }
 
+/**
+ * While a transaction is open, every change is written to its journal before the kernel is touched, so a
+ * rollback knows which devices to restore and which guests started meanwhile. The hook pays one failed
+ * read when no transaction is open, and never waits for one.
+ */
+function journalChange(ctx: EngineContext, req: ReconcileRequest, ops: Op[]): void {
+  const stateDir = ctx.stateDir ?? defaultStateDir();
+  try {
+    const tx = readOpenTx(stateDir);
+    if (!tx || tx.state !== "open") return;
+    appendEvent(stateDir, tx.id, {
+      at: new Date().toISOString(),
+      who: ctx.who ?? currentActor("cli"),
+      domains: req.domains,
+      scope: req.scope,
+      devs: [...new Set(ops.map((o) => o.dev))],
+    });
+  } catch (e) {
+    // Guests keep starting whatever the journal's state; a rollback then cannot know this change.
+    ctx.log.error(`transaction journal in ${stateDir} not written: ${(e as Error).message}`);
+  }
+}
+
 export function describeLimit(limit: DirectionLimit): string {
   const h = htbClass(limit);
   const parts = [`rate=${formatRate(limit.rateBitsPerSec)}`];
@@ -161,7 +246,7 @@ export function describeLimit(limit: DirectionLimit): string {
   return parts.join(" ");
 }
 
-/** One INFO line per interface and direction that changed, in seed 000's words. */
+/** One INFO line per interface and direction that changed, worded as the hook scripts operators replace log it. */
 function logApplied(log: Logger, desired: DesiredInterface[], ops: Op[]): void {
   const done = new Set(ops.flatMap((o) => (o.iface && o.direction ? [`${o.iface}|${o.direction}`] : [])));
   for (const d of desired) {

@@ -74,12 +74,37 @@ export async function collectStatus(
     sweep: false,
     groups: policy.groups,
   });
-  const drift = new Set<string>([
-    ...p.ops.flatMap((o) => (o.iface ? [o.iface] : [])),
-    ...p.problems.flatMap((x) => (x.iface ? [x.iface] : [])),
-  ]);
+  const drift = new Set<string>(p.ops.flatMap((o) => (o.iface ? [o.iface] : [])));
+  // Why an interface no longer matches, where the re-plan knows (a foreign filter now runs before ours...).
+  const reasons = new Map<string, string>();
+  for (const x of p.problems) if (x.iface) reasons.set(x.iface, `${x.code}: ${x.message}`);
   const rows: StatusRow[] = [];
   for (const r of records) {
+    for (const f of r.refused ?? []) {
+      const given = (["inbound", "outbound"] as const).filter((d) => f[d]);
+      for (const direction of given.length ? given : (["inbound"] as const)) {
+        const limit = f[direction];
+        rows.push({
+          guest: r.domainName,
+          domainUuid: r.domainUuid,
+          mac: f.mac,
+          dev: f.dev,
+          direction,
+          configured: {
+            rateBitsPerSec: limit?.rateBitsPerSec ?? 0,
+            ceilBitsPerSec: limit?.ceilBitsPerSec ?? 0,
+            source: limit?.source ?? "-",
+            mode: limit?.mode ?? "shape",
+          },
+          bytes: 0,
+          packets: 0,
+          drops: 0,
+          overlimits: 0,
+          matches: false,
+          note: `not shaped: ${f.code}: ${f.message}`,
+        });
+      }
+    }
     for (const i of r.interfaces) {
       const key = `${r.domainUuid}/${i.mac}`;
       const exists = !!(i.dev && observed.links.has(i.dev));
@@ -151,8 +176,8 @@ export async function collectStatus(
           packets: counters?.packets ?? 0,
           drops: counters?.drops ?? 0,
           overlimits: counters?.overlimits ?? 0,
-          matches: exists && present && !drift.has(key),
-          note: exists ? undefined : `host device ${i.dev} is gone`,
+          matches: exists && present && !drift.has(key) && !reasons.has(key),
+          note: exists ? reasons.get(key) : `host device ${i.dev} is gone`,
         });
       }
     }

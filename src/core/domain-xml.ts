@@ -1,5 +1,6 @@
 import { XMLParser, XMLValidator } from "fast-xml-parser";
 import type { DomainInfo, GuestInterface, LibvirtRate, MetadataInterface } from "./model.js";
+import { LIBVIRT_MAX_VALUE } from "./units.js";
 
 /** The namespace of virtqos's `<metadata>` element. `virsh metadata --uri` must use exactly this. */
 export const QOS_XMLNS = "https://virtqos.dev/xmlns/qos/1";
@@ -136,7 +137,14 @@ function rateAttrs(el: Node | undefined, where: string, warnings: string[]): Lib
       );
       continue;
     }
-    rate[key] = Number(raw.trim());
+    const value = Number(raw.trim());
+    if (value > LIBVIRT_MAX_VALUE) {
+      warnings.push(
+        `${where}: ${key}="${raw}" is above libvirt's maximum ${LIBVIRT_MAX_VALUE} (${key === "burst" ? "KiB" : "kB/s"}); ignored`,
+      );
+      continue;
+    }
+    rate[key] = value;
   }
   return Object.keys(rate).length ? rate : undefined;
 }

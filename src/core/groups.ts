@@ -1,6 +1,6 @@
+import { groupCeil } from "./admission.js";
 import type {
   DesiredInterface,
-  Direction,
   DirectionLimit,
   DomainInfo,
   GroupMembership,
@@ -13,7 +13,7 @@ import type {
   PolicyDomainRule,
   PolicyGroup,
   PolicyInterfaceRule,
-} from "./policy.js";
+} from "./policy/types.js";
 import { libvirtRateToBitsPerSec } from "./units.js";
 
 // Which group an interface belongs to, and its floor and ceiling there. Membership comes from the policy
@@ -25,20 +25,6 @@ export interface GroupProblem {
   iface: string;
   message: string;
   fix: string;
-}
-
-/** Ceiling of a group in one direction (HTB ceil), or undefined if the group does not shape that direction. */
-export function groupCeil(g: PolicyGroup | undefined, d: Direction): number | undefined {
-  const dir = g?.[d];
-  if (!dir || dir.unlimited || dir.rateBitsPerSec === undefined) return undefined;
-  return Math.max(dir.peakBitsPerSec ?? dir.rateBitsPerSec, dir.rateBitsPerSec);
-}
-
-/** Rate a group (or child group) is guaranteed inside its parent: its floor, else its average. */
-export function groupRate(g: PolicyGroup, d: Direction): number | undefined {
-  const dir = g[d];
-  if (!dir || dir.unlimited || dir.rateBitsPerSec === undefined) return undefined;
-  return dir.floorBitsPerSec ?? dir.rateBitsPerSec;
 }
 
 function glob(pattern: string): RegExp {

@@ -23,23 +23,11 @@ export interface DirectionLimit {
   source: LimitSource;
 }
 
-/** Interface types as libvirt names them. */
-export type InterfaceType =
-  | "bridge"
-  | "network"
-  | "ethernet"
-  | "direct"
-  | "vhostuser"
-  | "hostdev"
-  | "user"
-  | "vdpa"
-  | "mcast"
-  | "udp"
-  | "server"
-  | "client"
-  | "null"
-  | "vds"
-  | string;
+/**
+ * libvirt's `<interface type>` as the domain XML has it ("bridge", "network", "ethernet", "direct",
+ * "vhostuser", ...). Kept as text: libvirt adds types, and virtqos names an unknown one in its warning.
+ */
+export type InterfaceType = string;
 
 /** Raw libvirt `<inbound>`/`<outbound>` attributes, in libvirt units (kB/s, KiB). */
 export interface LibvirtRate {
@@ -107,6 +95,8 @@ export interface DesiredInterface {
   notEnforceable?: string;
   /** Group membership per direction (groups issue). */
   group?: GroupMembership;
+  /** Directions that were given only a floor, outside any group: a guarantee there limits nothing. */
+  floorOnly?: Direction[];
 }
 
 export interface GroupMembership {
@@ -149,4 +139,18 @@ export interface DomainRecord {
     group?: GroupMembership;
     notEnforceable?: string;
   }[];
+  /**
+   * Interfaces virtqos was asked to shape and refused (a foreign root qdisc or filter, a missing kernel
+   * feature): kept so `status` keeps reporting them as not in force instead of forgetting them.
+   */
+  refused?: RefusedInterface[];
+}
+
+export interface RefusedInterface {
+  mac: string;
+  dev?: string;
+  code: string;
+  message: string;
+  inbound?: DirectionLimit;
+  outbound?: DirectionLimit;
 }

@@ -1,21 +1,10 @@
-// Names and numbers virtqos owns on a host. Everything here is how virtqos recognises its own objects,
-// so it can clean up after itself without touching anyone else's.
+// Names virtqos gives the devices it creates, and the ownership record it leaves on them. Everything here is
+// how virtqos recognises its own devices, so it can clean up after itself without touching anyone else's. The
+// tc handles and priorities that do the same for qdiscs, classes and filters are in tc/handles.ts.
 
-/** Root HTB handle major on taps and IFBs: nobody else picks 0x7651 ("vQ"), unlike 1: which libvirt uses. */
-export const ROOT_MAJOR = "7651";
-export const ROOT_HANDLE = `${ROOT_MAJOR}:`;
-/** The single shaping class of a per-interface tree, and its leaf qdisc handle. */
-export const IFACE_CLASSID = `${ROOT_MAJOR}:1`;
-export const IFACE_LEAF_HANDLE = "7652:";
-/** tc filter priorities 64000-64099 are virtqos's; a filter outside the range is someone else's. */
-export const PRIO_MIN = 64000;
-export const PRIO_MAX = 64099;
-export const PRIO_REDIRECT = 64000;
-/**
- * Egress-hook redirects use their own priority: u32 filters on one clsact share a hash-table namespace,
- * and a dump of either hook lists every u32 node of the same priority, whichever hook it hangs on.
- */
-export const PRIO_REDIRECT_EGRESS = 64001;
+// Where `virtqos status` and snapshot.ts still import them from.
+export { IFACE_CLASSID, PRIO_MAX, PRIO_MIN, PRIO_REDIRECT, ROOT_MAJOR } from "./tc/handles.js";
+
 /** IFB devices virtqos creates start with this and carry an alias starting with ALIAS_PREFIX. */
 export const IFB_PREFIX = "vq";
 export const ALIAS_PREFIX = "virtqos/1";

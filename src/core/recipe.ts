@@ -1,5 +1,5 @@
-import type { LeafChoice } from "./policy.js";
-import { toKernelBytesPerSec } from "./units.js";
+import type { LeafChoice } from "./policy/types.js";
+import { TC_SIZE_MAX_BYTES, toKernelBytesPerSec } from "./units.js";
 
 /** What the kernel and iproute2 can do, as probed. The planner never assumes a feature. */
 export interface Capabilities {
@@ -9,9 +9,6 @@ export interface Capabilities {
   actions: string[];
   ifb: boolean;
 }
-
-export const has = (caps: Capabilities, kind: "qdisc" | "classifier" | "action", name: string): boolean =>
-  (kind === "qdisc" ? caps.qdiscs : kind === "classifier" ? caps.classifiers : caps.actions).includes(name);
 
 /** HTB class parameters, in the kernel's units (bytes per second, bytes). */
 export interface HtbClass {
@@ -35,13 +32,14 @@ export const FRAME_BYTES = 1514;
 export const GSO_MAX_BYTES = 65536 + FRAME_BYTES;
 /**
  * Dequeue jitter to absorb: HTB refills tokens when it is woken, and a busy 2-core host wakes it late by up to
- * ten milliseconds. A burst shorter than that throws the credit away and TCP stalls below the limit
- * (field note 1: "50-70% of the limit").
+ * ten milliseconds. A burst shorter than that throws the credit away and TCP stalls below the limit (at
+ * 50-70% of it).
  */
 const JITTER_SECONDS = 0.01;
 /**
  * Never allow more than this share of a second's worth of data as burst, so the first second of a transfer
- * stays within 10% of the limit (field note 2: "1.5-2 Gbit/s in the first second").
+ * stays within 10% of the limit: a full bucket leaves at line rate before HTB starts pacing, so a deeper one
+ * shows as a first second far above the limit.
  */
 const MAX_BURST_SHARE_OF_SECOND = 0.05;
 /** Queue delay the FIFO leaf may add under load; keeps ping p99 through a saturated link near 20 ms. */
@@ -51,6 +49,22 @@ const QUANTUM_MIN = FRAME_BYTES;
 const QUANTUM_MAX = 200_000;
 
 /**
+ * HTB, TBF and police keep a bucket as the time the rate needs to send it, in 64 ns ticks held in 32 bits:
+ * ~274.9 s of data at most. tc 6.1 wraps a larger value around silently (a tiny bucket); newer tc refuses it.
+ */
+export const TC_BUCKET_MAX_SECONDS = ((2 ** 32 - 1) * 64) / 1e9;
+/** SFQ holds at most 127 packets per flow in 128 flows; the kernel silently lowers a larger `limit`. */
+export const SFQ_MAX_LIMIT_PACKETS = 127 * 128;
+
+/**
+ * The deepest bucket tc can express at a rate: 32-bit bytes and 32-bit ticks, whichever binds first (1 % of
+ * headroom for tc's own rounding of the tick count).
+ */
+export function maxBucketBytes(bytesPerSec: number): number {
+  return Math.min(TC_SIZE_MAX_BYTES, Math.floor(bytesPerSec * TC_BUCKET_MAX_SECONDS * 0.99));
+}
+
+/**
  * The token-bucket depth for a rate: enough to ride out dequeue jitter and, where the second allows it, one
  * whole GSO packet; never more than 5% of a second of data.
  */
@@ -58,7 +72,23 @@ export function burstFor(bytesPerSec: number): number {
   const jitter = bytesPerSec * JITTER_SECONDS;
   const cap = bytesPerSec * MAX_BURST_SHARE_OF_SECOND;
   const gsoWhereAffordable = Math.min(GSO_MAX_BYTES, cap);
-  return Math.ceil(Math.max(jitter, gsoWhereAffordable, 2 * FRAME_BYTES));
+  return Math.min(
+    maxBucketBytes(bytesPerSec),
+    Math.ceil(Math.max(jitter, gsoWhereAffordable, 2 * FRAME_BYTES)),
+  );
+}
+
+/** libvirt's police bucket when `<outbound>` has no burst: `average` (kB/s) read as KiB, ~1.024 s of data. */
+export const LIBVIRT_POLICE_BURST_SECONDS = 1.024;
+
+/**
+ * The police action's bucket, libvirt's rule (the given burst, else ~1.024 s of data) with one difference: a
+ * policer drops every packet larger than its bucket, and guests hand the host 64 KiB GSO packets, so the
+ * bucket never goes below one of them. Clamped to what tc can express.
+ */
+export function policeBurstBytes(rateBytesPerSec: number, burstBytes?: number): number {
+  const wanted = burstBytes ?? Math.round(rateBytesPerSec * LIBVIRT_POLICE_BURST_SECONDS);
+  return Math.min(Math.max(wanted, GSO_MAX_BYTES), maxBucketBytes(rateBytesPerSec));
 }
 
 /** Quantum for DRR among siblings: proportional to the guaranteed rate so borrowing is shared by floors. */
@@ -78,7 +108,7 @@ export function htbClass(input: ClassInput): HtbClass {
   return {
     rateBytesPerSec: rate,
     ceilBytesPerSec: ceil,
-    burstBytes: input.burstBytes ?? burstFor(rate),
+    burstBytes: Math.min(input.burstBytes ?? burstFor(rate), maxBucketBytes(rate)),
     cburstBytes: burstFor(ceil),
     quantumBytes: quantumFor(rate),
   };
@@ -106,7 +136,10 @@ export function chooseLeaf(
   // (pfifo) lets 64 KiB packets queue for 280 ms. TBF splits GSO packets into frames before queueing them,
   // which keeps both the latency bound and TCP at the limit; above the threshold a bfifo is cheaper.
   const fifo = (why: string): LeafDecision => {
-    const limitBytes = Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS));
+    const limitBytes = Math.min(
+      TC_SIZE_MAX_BYTES,
+      Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS)),
+    );
     if ((limitBytes >= 2 * GSO_MAX_BYTES && !segmentGso) || !caps.qdiscs.includes("tbf")) {
       return { leaf: { kind: "bfifo", limitBytes }, why: `${why}: bfifo of ~20 ms` };
     }
@@ -118,7 +151,10 @@ export function chooseLeaf(
   const sfq = (why: string): LeafDecision => ({
     leaf: {
       kind: "sfq",
-      limitPackets: Math.max(16, Math.round((ceilBytesPerSec * FIFO_TARGET_SECONDS) / FRAME_BYTES)),
+      limitPackets: Math.min(
+        SFQ_MAX_LIMIT_PACKETS,
+        Math.max(16, Math.round((ceilBytesPerSec * FIFO_TARGET_SECONDS) / FRAME_BYTES)),
+      ),
     },
     why,
   });

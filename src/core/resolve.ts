@@ -8,7 +8,7 @@ import type {
   LibvirtRate,
   LimitSource,
 } from "./model.js";
-import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy.js";
+import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy/types.js";
 import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
 
 // Desired state of a domain's interfaces: which limit applies to each direction of each interface, and why.
@@ -65,10 +65,48 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
       base.dev = undefined;
     } else {
       problems.push(...assignGroup(base, domain, iface, policy, domainRule, ifaceRule));
+      if (!base.group) floorsOutsideGroup(base, iface, meta, ifaceRule, domainRule, warnings);
     }
     return base;
   });
   return { interfaces, warnings, problems };
+}
+
+/**
+ * A floor is a guarantee among the members of a group; on an interface in no group it means nothing (libvirt
+ * likewise honours `floor` only on networks of forward mode nat, route, open or none). Say so, where it came
+ * from, and how to make it count, instead of the misleading "no bandwidth limits found".
+ */
+function floorsOutsideGroup(
+  base: DesiredInterface,
+  iface: GuestInterface,
+  meta: { inbound?: LibvirtRate; outbound?: LibvirtRate } | undefined,
+  ifaceRule: PolicyInterfaceRule | undefined,
+  domainRule: PolicyDomainRule | undefined,
+  warnings: string[],
+): void {
+  const label = `domain ${base.domainName} interface ${base.mac}${base.dev ? ` (${base.dev})` : ""}`;
+  for (const direction of ["inbound", "outbound"] as const) {
+    const rule = ifaceRule?.[direction] ?? domainRule?.[direction];
+    const where =
+      rule && !rule.unlimited && rule.floorBitsPerSec
+        ? `the policy's ${direction} floor`
+        : meta?.[direction]?.floor
+          ? `<metadata> ${direction} floor='${meta[direction]?.floor}'`
+          : iface.bandwidth?.[direction]?.floor
+            ? `<bandwidth><${direction} floor='${iface.bandwidth[direction]?.floor}'>`
+            : undefined;
+    if (!where) continue;
+    if (!base[direction]) base.floorOnly = [...(base.floorOnly ?? []), direction];
+    const join = iface.sourceNetwork
+      ? `select: { networks: ["${iface.sourceNetwork}"] }`
+      : iface.sourceBridge
+        ? `select: { bridges: ["${iface.sourceBridge}"] }`
+        : `members: [{ domain: "${base.domainName}" }]`;
+    warnings.push(
+      `${label}: ${where} is ignored: a floor is a guarantee inside a group and this interface is in none${base[direction] ? "" : `, so its ${direction} is not limited`}; fix: add a group with an ${direction} average (the shared ceiling) and ${join}`,
+    );
+  }
 }
 
 function findDomainRule(domain: DomainInfo, policy: Policy): PolicyDomainRule | undefined {

@@ -6,6 +6,17 @@
 export const LIBVIRT_RATE_UNIT_BITS_PER_SEC = 8000;
 /** libvirt `burst` is in kibibytes, 1 KiB = 1024 bytes. */
 export const LIBVIRT_BURST_UNIT_BYTES = 1024;
+/** libvirt keeps `average`, `peak`, `floor` and `burst` as unsigned 32-bit numbers and refuses larger ones. */
+export const LIBVIRT_MAX_VALUE = 4_294_967_295;
+/**
+ * The rates virtqos shapes: from libvirt's smallest (1 kB/s) to its largest (4294967295 kB/s, ~34.36 Tbit/s).
+ * Below 1 kB/s a single full-size frame takes 1.5 s and a token bucket cannot hold one GSO packet within
+ * tc's limits; above the top no libvirt host could express the limit anyway.
+ */
+export const MIN_RATE_BITS_PER_SEC = LIBVIRT_RATE_UNIT_BITS_PER_SEC;
+export const MAX_RATE_BITS_PER_SEC = LIBVIRT_MAX_VALUE * LIBVIRT_RATE_UNIT_BITS_PER_SEC;
+/** tc parses every size (burst, cburst, limit) into an unsigned 32-bit number of bytes. */
+export const TC_SIZE_MAX_BYTES = 4_294_967_295;
 
 export class UnitError extends Error {
   constructor(
@@ -147,4 +158,20 @@ export function libvirtBurstToBytes(kibibytes: number): number {
 /** The kernel keeps rates in whole bytes per second; round here so plans compare equal to what tc reads back. */
 export function toKernelBytesPerSec(bitsPerSec: number): number {
   return Math.max(1, Math.round(bitsPerSec / 8));
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, min: 60_000, h: 3_600_000 };
+
+/** Parse a duration such as `20s`, `1500ms`, `2min`, `1h` into milliseconds; a bare number is refused. */
+export function parseDuration(text: string | number): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(String(text));
+  if (!m) throw new UnitError(`"${text}" is not a duration`, 'write a number and a unit, e.g. "60s"');
+  if (m[2] === "") {
+    throw new UnitError(`"${text}" has no unit`, `write "${m[1]}s" for seconds (units: ms, s, min, h)`);
+  }
+  const factor = DURATION_UNITS[m[2].toLowerCase()];
+  if (factor === undefined) {
+    throw new UnitError(`"${text}" has an unknown duration unit "${m[2]}"`, "use one of ms, s, min, h");
+  }
+  return Math.round(Number(m[1]) * factor);
 }

@@ -8,11 +8,11 @@ import { describe, test } from "node:test";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import { formatIfbAlias, interfaceIfbName, parseIfbAlias } from "../../src/core/names.js";
-import { type Observed, type Plan, type PlanOptions, plan } from "../../src/core/plan.js";
+import { type Observed, type Plan, type PlanOptions, plan } from "../../src/core/plan/index.js";
 import { emptyPolicy, type Policy, parsePolicy } from "../../src/core/policy.js";
 import type { Capabilities } from "../../src/core/recipe.js";
-import { type Rendered, render } from "../../src/core/render.js";
 import { resolveDomain } from "../../src/core/resolve.js";
+import { type Rendered, render } from "../../src/core/tc/render.js";
 import { NO_CLSACT, NO_IFB, PRODUCTION, THIS_KERNEL } from "../helpers/caps.js";
 import {
   checkLineBasics,
@@ -25,6 +25,7 @@ import {
   ticksRoundTrip,
   UPDATE_GOLDEN,
 } from "../helpers/fake-kernel.js";
+import { tcRejects } from "../helpers/tc-limits.js";
 
 const EXPECTED = new URL("./expected/", import.meta.url);
 const FIXTURES = new URL("../fixtures/libvirt-9.0/", import.meta.url);
@@ -113,7 +114,7 @@ function desired(xml: string, policyText?: string): Desired {
 // ---------------------------------------------------------------------------------------------------------
 // The fake kernel (test/helpers/fake-kernel.ts): the state the cases start from, and its rounding
 
-/** The Observed the brief describes: each tap present with an ifindex, a default noqueue root, no filters. */
+/** A host before virtqos: each tap present with an ifindex, a default noqueue root, no filters. */
 function freshKernel(ifaces: DesiredInterface[], except: string[] = []): FakeKernel {
   const k = new FakeKernel();
   let ifindex = 11;
@@ -127,7 +128,7 @@ function freshKernel(ifaces: DesiredInterface[], except: string[] = []): FakeKer
 describe("fake kernel", () => {
   // Read back from kernel 6.18 with iproute2 6.1 after applying type-bridge.txt in a scratch namespace.
   test("rounds sizes the way tc and the kernel do", () => {
-    assert.equal(ticksRoundTrip(3_750_000, 62_500), 62_493); // the brief's `tc -d class show` sample
+    assert.equal(ticksRoundTrip(3_750_000, 62_500), 62_493); // `tc -d class show`: "burst 62493b/1"
     assert.equal(ticksRoundTrip(3_750_000, 67_050), 67_050); // "burst 67050b/1"
     assert.equal(ticksRoundTrip(1_250_000, 62_500), 62_500); // "burst 62500b/1"
     assert.equal(tbfBurstRoundTrip(7_500_000, 3028), 3022); // tc -j qdisc: "burst":3022
@@ -836,9 +837,215 @@ describe("golden: sweep", () => {
   });
 });
 
+describe("golden: libvirt's own <bandwidth> already on the device (kernels with the police action)", () => {
+  // What libvirt 9.0 (virNetDevBandwidthSet) runs before the start hook for <outbound average='1250'/> on a
+  // tap, or <inbound> on a macvtap (where the host's receive side is the guest's download):
+  //   tc qdisc add dev vnet1 ingress
+  //   tc filter add dev vnet1 parent ffff: protocol all u32 match u32 0 0 \
+  //     police rate 1250kbps burst 1250kb mtu 64kb drop flowid :1
+  // The kernel gives the filter the default priority 49152, which runs before virtqos's 64000.
+  function libvirtPolice(kernel: FakeKernel, dev: string, kBps: number): void {
+    const k = kernel.devs.get(dev);
+    assert.ok(k);
+    k.qdiscs.push({ kind: "ingress", handle: "ffff:", parent: "ffff:fff1", options: {} });
+    k.filters.push({
+      hook: "ingress",
+      prio: 49152,
+      kind: "u32",
+      protocol: "all",
+      police: { rate: kBps * 1000, burst: kBps * 1024 },
+    });
+  }
+  const POLICY = "domains:\n  - name: web1\n    outbound: { average: 5mbit }\n";
+
+  test("libvirt-police-tap: INGRESS_FILTER_FOREIGN names the filter; nothing of that interface is applied", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [
+        bridge(M.a1, "vnet1", { outbound: { average: 1250 } }),
+        bridge(M.a2, "vnet2", IN_OUT),
+      ]),
+      POLICY,
+    );
+    const kernel = freshKernel(d.interfaces);
+    libvirtPolice(kernel, "vnet1", 1250);
+    const c = runCase(d, PRODUCTION, kernel);
+    assert.deepEqual(codes(c.plan), ["INGRESS_FILTER_FOREIGN"]);
+    const [problem] = c.plan.problems;
+    assert.equal(problem.dev, "vnet1");
+    assert.equal(problem.iface, `${UUID_A}/${M.a1}`);
+    assert.match(
+      problem.message,
+      /u32 police filter \(rate 10 Mbit\/s.*\) at ingress prio 49152 runs before virtqos's redirect at prio 64000/,
+    );
+    assert.match(problem.fix, /tc filter del dev vnet1 ingress prio 49152/);
+    assert.deepEqual(opsFor(c.plan, `${UUID_A}/${M.a1}`), []);
+    assert.ok(c.plan.ops.every((o) => o.dev !== "vnet1" && o.dev !== interfaceIfbName(UUID_A, M.a1)));
+    assert.ok(opsFor(c.plan, `${UUID_A}/${M.a2}`).length > 0, "the other interface is still shaped");
+    // Recorded as refused, so `status` keeps saying it is not in force.
+    const refused = c.plan.records.flatMap((r) => r.refused ?? []);
+    assert.deepEqual(
+      refused.map((r) => [r.mac, r.code, r.outbound?.rateBitsPerSec]),
+      [[M.a1, "INGRESS_FILTER_FOREIGN", 5_000_000]],
+    );
+    assertGolden("libvirt-police-tap", c.rendered);
+    assertIdempotent(c, d, PRODUCTION);
+  });
+
+  test("libvirt-police-macvtap: a macvtap's download is intercepted the same way", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [
+        {
+          type: "direct",
+          mac: M.a1,
+          dev: "macvtap0",
+          source: "<source dev='uplinkA' mode='bridge'/>",
+          inbound: { average: 3750 },
+        },
+      ]),
+    );
+    const kernel = freshKernel(d.interfaces);
+    libvirtPolice(kernel, "macvtap0", 3750);
+    const c = runCase(d, PRODUCTION, kernel);
+    assert.deepEqual(codes(c.plan), ["INGRESS_FILTER_FOREIGN"]);
+    assert.equal(c.plan.problems[0].direction, "inbound");
+    assertGolden("libvirt-police-macvtap", c.rendered);
+  });
+
+  test("virtqos's own police mode does not hide behind libvirt's either", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { outbound: { average: 1250 } })]),
+      "upload: police\n",
+    );
+    const kernel = freshKernel(d.interfaces);
+    libvirtPolice(kernel, "vnet1", 1250);
+    assert.deepEqual(codes(runCase(d, PRODUCTION, kernel).plan), ["INGRESS_FILTER_FOREIGN"]);
+  });
+
+  test("a foreign filter after virtqos's priorities does not intercept: applied, the filter untouched", () => {
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
+    const kernel = freshKernel(d.interfaces);
+    const k = kernel.devs.get("vnet1");
+    assert.ok(k);
+    k.qdiscs.push({ kind: "clsact", handle: "ffff:", parent: "ffff:fff1", options: {} });
+    k.filters.push({ hook: "ingress", prio: 65000, kind: "u32", protocol: "all" });
+    const c = runCase(d, THIS_KERNEL, kernel);
+    assert.deepEqual(c.plan.problems, []);
+    assert.ok(c.rendered.tc.some((l) => / ingress protocol all prio 64000 u32 /.test(l)));
+    assert.ok(!c.rendered.tc.some((l) => /prio 65000/.test(l)));
+  });
+});
+
+describe("golden: police bucket (libvirt's rule, never below one GSO packet)", () => {
+  // libvirt: burst = the given burst (KiB), else `average` read as KiB (about 1.024 s of data).
+  const cases: [string, number, number | undefined, number][] = [
+    // name, average kB/s, burst KiB, expected bucket bytes
+    ["police-1mbit", 125, undefined, 125 * 1024],
+    ["police-10mbit", 1250, undefined, 1250 * 1024],
+    ["police-100mbit", 12500, undefined, 12500 * 1024],
+    ["police-1mbit-small-burst", 125, 16, 65536 + 1514],
+  ];
+  for (const [name, average, burst, bucket] of cases) {
+    test(`${name}: bucket ${bucket} B`, () => {
+      const d = desired(
+        domainXml("web1", UUID_A, [
+          bridge(M.a1, "vnet1", { outbound: burst ? { average, burst } : { average } }),
+        ]),
+        "upload: police\n",
+      );
+      const c = runCase(d, PRODUCTION);
+      assert.deepEqual(c.plan.problems, []);
+      const police = c.plan.ops.find((o) => o.op === "filter-add" && o.filter.action === "police");
+      assert.ok(police?.op === "filter-add" && police.filter.action === "police");
+      assert.equal(police.filter.burstBytes, bucket);
+      assert.ok(bucket >= 65536 + 1514, "a policer must pass a whole GSO packet");
+      if (burst && burst * 1024 < bucket)
+        assert.ok(
+          c.plan.notes.some(
+            (n) => n.level === "warning" && /police burst raised from 16 KiB/.test(n.message),
+          ),
+        );
+      assertGolden(name, c.rendered);
+      assertIdempotent(c, d, PRODUCTION);
+    });
+  }
+});
+
+describe("golden: the edges of libvirt's range fit what tc accepts", () => {
+  test("rate-libvirt-max: average = peak = 4294967295 kB/s, burst 4294967295 KiB", () => {
+    const max = { average: 4294967295, peak: 4294967295, burst: 4294967295 };
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: max, outbound: max })]));
+    const c = runCase(d, PRODUCTION);
+    assert.deepEqual(c.plan.problems, []);
+    assert.ok(
+      c.plan.notes.some(
+        (n) =>
+          n.level === "warning" && /inbound burst lowered from 4 TiB|inbound burst lowered/.test(n.message),
+      ),
+      JSON.stringify(c.plan.notes),
+    );
+    assertGolden("rate-libvirt-max", c.rendered);
+    for (const l of c.rendered.tc) assert.deepEqual(tcRejects(l), [], l);
+  });
+
+  test("rate-libvirt-min: average 1 kB/s", () => {
+    const min = { average: 1 };
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: min, outbound: min })]));
+    const c = runCase(d, PRODUCTION);
+    assert.deepEqual(c.plan.problems, []);
+    assertGolden("rate-libvirt-min", c.rendered);
+    assertIdempotent(c, d, PRODUCTION);
+  });
+
+  test("above libvirt's maximum the attribute is ignored with a warning", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: 4294967296 } })]),
+    );
+    assert.equal(d.interfaces[0].inbound, undefined);
+    assert.ok(d.warnings.some((w) => /above libvirt's maximum 4294967295/.test(w)));
+  });
+});
+
+describe("floors outside a group", () => {
+  test("a lone floor is reported with its fix, not as 'no bandwidth limits found'", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [
+        {
+          type: "network",
+          mac: M.a1,
+          dev: "vnet1",
+          source: "<source network='lab'/>",
+          inbound: { floor: 200 },
+        },
+      ]),
+    );
+    assert.deepEqual(d.interfaces[0].floorOnly, ["inbound"]);
+    const w = d.warnings.find((x) => /floor/.test(x));
+    assert.ok(w);
+    assert.match(
+      w,
+      /interface 52:54:00:6d:00:01 \(vnet1\): <bandwidth><inbound floor='200'> is ignored: a floor is a guarantee inside a group/,
+    );
+    assert.match(w, /select: \{ networks: \["lab"\] \}/);
+    const c = runCase(d, THIS_KERNEL);
+    assert.deepEqual(c.plan.ops, []);
+    assert.ok(!c.plan.notes.some((n) => /no bandwidth limits found/.test(n.message)));
+  });
+
+  test("a floor next to an average: the average is applied, the floor reported as ignored", () => {
+    const d = desired(
+      domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: 1250, floor: 200 } })]),
+    );
+    assert.equal(d.interfaces[0].inbound?.rateBitsPerSec, 10_000_000);
+    assert.equal(d.interfaces[0].floorOnly, undefined);
+    assert.ok(
+      d.warnings.some((x) => /inbound floor='200'> is ignored/.test(x) && /bridges: \["br0"\]/.test(x)),
+    );
+  });
+});
+
 test("every golden file belongs to a case", () => {
   if (UPDATE_GOLDEN) return;
-  // group-*.txt belong to test/golden/groups.test.ts, which checks them itself.
-  const stale = goldens.unused((n) => !n.startsWith("group-"));
+  // group-*.txt and restore-*.txt belong to groups.test.ts and restore.test.ts, which check them themselves.
+  const stale = goldens.unused((n) => !n.startsWith("group-") && !n.startsWith("restore-"));
   assert.deepEqual(stale, [], "golden files no test uses (renamed or removed cases?)");
 });

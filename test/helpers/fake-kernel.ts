@@ -12,18 +12,21 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { DomainRecord } from "../../src/core/model.js";
+import type { Observed, Op } from "../../src/core/plan/index.js";
+import type { Capabilities } from "../../src/core/recipe.js";
 import {
   filtersFromJson,
   linksFromJson,
   type ObservedDevice,
   type ObservedLink,
   parseClasses,
+  parseTcJson,
   printTcRate,
   qdiscsFromJson,
-} from "../../src/core/normalise.js";
-import type { Observed, Op } from "../../src/core/plan.js";
-import type { Capabilities } from "../../src/core/recipe.js";
-import { type Rendered, render } from "../../src/core/render.js";
+} from "../../src/core/tc/normalise.js";
+import { type Rendered, render } from "../../src/core/tc/render.js";
+import { renderTreeFilter, u32HandleKey } from "../../src/core/tc/tree.js";
+import { tcRejects } from "./tc-limits.js";
 
 export interface KQdisc {
   kind: string;
@@ -49,13 +52,21 @@ export interface KFilter {
   redirectDev?: string;
   police?: { rate: number; burst: number };
 }
-/** A u32 object on the root qdisc 7651: (a group tree): a hash table ("100:") or a node ("100:a:1f3", "800::800"). */
+/**
+ * A u32 object on the root qdisc 7651: (a group tree): a hash table ("100:") or a node ("100:a:1f3", "800::800"),
+ * its handle spelled as tc prints it (bucket 0 as nothing: "100::1f3").
+ */
 export interface KTreeFilter {
   prio: number;
   handle: string;
   divisor?: number;
   link?: string;
+  /** A link node's hash key: `hashkey mask M at OFFSET`. */
+  hashKey?: { mask: number; offsetBytes: number };
   flowid?: string;
+  /** A member node's `match ether dst|src MAC`. */
+  ether?: { field: "dst" | "src"; mac: string };
+  /** What was added: the text after `protocol all`. */
   spec: string;
 }
 /** A link (what `ip -j link` reports of it) and the tc state on it. */
@@ -322,7 +333,8 @@ export class FakeKernel {
         return;
       }
       case "tree-filter-add":
-        this.treeFilterAdd(this.dev(op.dev), op.prio, op.spec);
+        // Taken as tc takes it, as text: the fake kernel checks what render() writes, not the planner's data.
+        this.treeFilterAdd(this.dev(op.dev), op.prio, renderTreeFilter(op.filter));
         return;
       case "tree-filter-del":
         this.treeFilterDel(this.dev(op.dev), op.prio, op.handle);
@@ -354,10 +366,16 @@ export class FakeKernel {
       // The kernel numbers nodes of 800: from 800 up.
       let n = 0x800;
       while (atPrio.some((f) => f.handle === `800::${n.toString(16)}`)) n++;
-      d.tree.push({ prio, handle: `800::${n.toString(16)}`, link: link[3], spec });
+      d.tree.push({
+        prio,
+        handle: `800::${n.toString(16)}`,
+        link: link[3],
+        hashKey: { mask: Number.parseInt(link[1], 16), offsetBytes: Number(link[2]) },
+        spec,
+      });
     } else if (node) {
       const [, ht, bucket, , inHt, inBucket] = node;
-      const handle = `${ht}:${bucket}:${node[3]}`;
+      const handle = u32Print(ht, bucket, node[3]);
       const table = atPrio.find((f) => f.handle === `${ht}:` && f.divisor !== undefined);
       if (!table) throw new Error(`u32 ${handle}: hash table ${ht}: not found`);
       if (ht !== inHt || bucket !== inBucket)
@@ -365,11 +383,18 @@ export class FakeKernel {
       if (Number.parseInt(bucket, 16) >= (table.divisor ?? 1))
         throw new Error(`u32 ${handle}: bucket beyond divisor`);
       if (Number.parseInt(node[3], 16) > 0xfff) throw new Error(`u32 ${handle}: node id over 12 bits`);
-      if (atPrio.some((f) => f.handle === handle)) throw new Error(`u32 ${handle}: File exists`);
+      if (atPrio.some((f) => u32HandleKey(f.handle) === u32HandleKey(handle)))
+        throw new Error(`u32 ${handle}: File exists`);
       // Stricter than the kernel (which binds later): the class must exist before a filter points to it.
       if (!d.classes.some((c) => c.classid === node[8]))
         throw new Error(`u32 ${handle}: class ${node[8]} missing`);
-      d.tree.push({ prio, handle, flowid: node[8], spec });
+      d.tree.push({
+        prio,
+        handle,
+        flowid: node[8],
+        ether: { field: node[6] as "dst" | "src", mac: node[7] },
+        spec,
+      });
     } else {
       throw new Error(`fake kernel: unexpected tree filter spec "${spec}"`);
     }
@@ -377,13 +402,13 @@ export class FakeKernel {
 
   private treeFilterDel(d: KDev, prio: number, handle: string): void {
     const atPrio = d.tree.filter((f) => f.prio === prio);
-    const f = atPrio.find((x) => x.handle === handle);
+    const f = atPrio.find((x) => u32HandleKey(x.handle) === u32HandleKey(handle));
     if (!f) throw new Error(`tree-filter-del ${d.name} ${handle}: Cannot find specified filter chain`);
     if (f.divisor !== undefined) {
-      if (atPrio.some((x) => x.link === handle))
+      if (atPrio.some((x) => x.link === f.handle))
         throw new Error(`u32 ${handle}: Can not delete in-use filter`);
       d.tree = d.tree.filter(
-        (x) => !(x.prio === prio && (x.handle === handle || x.handle.startsWith(handle))),
+        (x) => !(x.prio === prio && (x.handle === f.handle || x.handle.startsWith(f.handle))),
       );
       return;
     }
@@ -393,7 +418,7 @@ export class FakeKernel {
       d.tree = d.tree.filter((x) => x.prio !== prio);
   }
 
-  /** What observe() would produce: everything passes through the real parsers in normalise.ts. */
+  /** What observe() would produce: everything passes through the real parsers in src/core/tc/normalise.ts. */
   observe(records: DomainRecord[] = []): Observed {
     const linkJson = [...this.devs.values()].map((d) => ({
       ifindex: d.ifindex,
@@ -422,7 +447,7 @@ export class FakeKernel {
         ...(["ingress", "egress"] as const).flatMap((hook) =>
           filtersFromJson(roundTrip(hookFilterJson(d.filters.filter((f) => f.hook === hook))), hook),
         ),
-        ...(ours ? filtersFromJson(roundTrip(treeFilterJson(d.tree)), "class", "7651:") : []),
+        ...(ours ? filtersFromJson(parseTcJson(tcJsonText(treeFilterJson(d.tree))), "class", "7651:") : []),
       ];
       devices.set(d.name, {
         dev: d.name,
@@ -437,6 +462,48 @@ export class FakeKernel {
 
 /** Through JSON text and back, as the real output is parsed. */
 const roundTrip = (x: unknown): unknown => JSON.parse(JSON.stringify(x));
+
+/**
+ * JSON text as `tc -j` writes it: a u32 node's keys are repeated `"match"` members of one object (written here
+ * from an array), which only parseTcJson reads back whole.
+ */
+function tcJsonText(x: unknown): string {
+  return JSON.stringify(x).replace(/"match":\[((?:\{[^{}]*\},?)*)\]/g, (_all, inner: string) =>
+    inner
+      .split(/,(?=\{)/)
+      .map((k) => `"match":${k}`)
+      .join(","),
+  );
+}
+
+/** A u32 handle as tc prints it: bucket 0 as nothing ("100::1f3"). */
+function u32Print(ht: string, bucket: string, node: string): string {
+  return `${ht}:${Number.parseInt(bucket, 16) === 0 ? "" : bucket}:${node}`;
+}
+
+/**
+ * `match ether dst|src MAC` as tc packs it: one 4-byte key per aligned word the MAC touches (offsets from the
+ * network header: destination MAC at -14, source at -8), value and mask printed in hex without leading zeros.
+ */
+function etherKeys(
+  field: "dst" | "src",
+  mac: string,
+): { value: string; mask: string; offmask: ""; off: number }[] {
+  const start = field === "dst" ? -14 : -8;
+  const words = new Map<number, { value: number; mask: number }>();
+  mac.split(":").forEach((b, i) => {
+    const at = start + i;
+    const word = at - (((at % 4) + 4) % 4);
+    const shift = 8 * (3 - (at - word));
+    const w = words.get(word) ?? { value: 0, mask: 0 };
+    w.value = (w.value | (Number.parseInt(b, 16) << shift)) >>> 0;
+    w.mask = (w.mask | (0xff << shift)) >>> 0;
+    words.set(word, w);
+  });
+  return [...words.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([off, w]) => ({ value: w.value.toString(16), mask: w.mask.toString(16), offmask: "", off }));
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // tc's rounding
@@ -567,9 +634,10 @@ function treeFilterJson(tree: KTreeFilter[]): unknown[] {
             fh: n.handle,
             order: Number.parseInt(id, 16),
             key_ht: ht,
-            bkt,
+            bkt: bkt || "0",
             flowid: n.flowid,
             not_in_hw: true,
+            ...(n.ether ? { match: etherKeys(n.ether.field, n.ether.mac) } : {}),
           },
         });
       }
@@ -578,7 +646,16 @@ function treeFilterJson(tree: KTreeFilter[]): unknown[] {
     for (const n of here.filter((f) => f.handle.startsWith("800::"))) {
       out.push({
         ...head,
-        options: { fh: n.handle, order: 2048, key_ht: "800", bkt: "0", link: n.link, not_in_hw: true },
+        options: {
+          fh: n.handle,
+          order: 2048,
+          key_ht: "800",
+          bkt: "0",
+          link: n.link,
+          not_in_hw: true,
+          match: { value: "0", mask: "0", offmask: "", off: 0 },
+          ...(n.hashKey ? { hash_mask: n.hashKey.mask.toString(16), hash_off: n.hashKey.offsetBytes } : {}),
+        },
       });
     }
   }
@@ -657,4 +734,5 @@ export function checkLineBasics(ctx: string, line: string, ourDevice: RegExp): v
   if (rate) assert.ok(Number(rate[2]) >= Number(rate[1]), `${ctx}: ceil below rate`);
   const quantum = /\bquantum (\d+)\b/.exec(line);
   if (quantum) assert.ok(Number(quantum[1]) >= 1514 && Number(quantum[1]) <= 200_000, `${ctx}: quantum`);
+  if (line.startsWith("tc ")) assert.deepEqual(tcRejects(line), [], `${ctx}: tc would not take this line`);
 }

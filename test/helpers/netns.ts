@@ -128,6 +128,20 @@ export async function tcDump(ns: string, dev: string): Promise<string> {
   return parts.join("---\n");
 }
 
+/**
+ * A tcDump() with the kernel's own choices taken out, for "is this the same configuration" comparisons:
+ * action indexes and auto-assigned u32 table numbers are handed out per object created (a re-created
+ * redirect gets new ones), and qdiscs and classes are listed in creation order.
+ */
+export function normaliseTcDump(text: string): string {
+  const parts = text
+    .replace(/\tindex \d+ ref \d+ bind \d+/g, "\tindex N")
+    .replace(/fh 8[0-9a-f]{2}:/g, "fh 8xx:")
+    .replace(/key ht 8[0-9a-f]{2} /g, "key ht 8xx ")
+    .split("---\n");
+  return parts.map((p, i) => (i < 2 ? p.split("\n").sort().join("\n") : p)).join("---\n");
+}
+
 export async function ifbsIn(ns: string): Promise<string[]> {
   const r = await run("ip", ["-n", ns, "-j", "link", "show", "type", "ifb"]);
   return (JSON.parse(r.stdout || "[]") as { ifname: string }[])

@@ -19,29 +19,12 @@ import {
   tcDump,
   uuidFor,
 } from "../helpers/netns.js";
+import { SEED_001_GROUPS } from "../helpers/seed-policies.js";
 
 // Groups on real devices: members on different taps share one HTB tree per direction; floors hold when all
 // are busy, spare capacity is lent, joins and leaves do not disturb a busy member. One direction at a time.
 
-const SEED_001 = `
-groups:
-  - name: host
-    inbound: { average: 1000mbit }
-    outbound: { average: 1000mbit }
-  - name: web
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    memberDefaults:
-      inbound: { floor: 15mbit }
-      outbound: { floor: 15mbit }
-    select: { domains: ["cliff*", "rob*"] }
-  - name: solo
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    members: [{ domain: jason }]
-`;
+const SEED_001 = SEED_001_GROUPS;
 
 type Dir = "download" | "upload";
 const DIRS: Dir[] = ["download", "upload"];

@@ -198,6 +198,8 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     assert.deepEqual(again.plan.ops, []);
   });
 
+  // A foreign filter the kernel runs after virtqos's (a higher priority number) sees only what virtqos does
+  // not redirect, and coexists; one that runs before is refused (foreign-and-limits.test.ts).
   test("a foreign filter and its hook qdisc survive apply and cleanup", async () => {
     const [a] = lab.guests;
     await run("tc", ["-n", lab.hostNs, "qdisc", "add", "dev", a.tap, "clsact"]);
@@ -206,7 +208,7 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
       [
         "-n",
         lab.hostNs,
-        ..."filter add dev TAP ingress prio 10 protocol ip u32 match ip dst 192.0.2.1/32 flowid :1".split(
+        ..."filter add dev TAP ingress prio 65000 protocol ip u32 match ip dst 192.0.2.1/32 flowid :1".split(
           " ",
         ),
       ].map((x) => (x === "TAP" ? a.tap : x)),
@@ -217,11 +219,12 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     ]);
     assert.equal(r.failure, undefined);
     let dump = await tcDump(lab.hostNs, a.tap);
-    assert.match(dump, /pref 10 u32/);
+    assert.deepEqual(r.plan.problems, []);
+    assert.match(dump, /pref 65000 u32/);
     assert.match(dump, /pref 64000 u32/);
     await removeDomain(h, uuid);
     dump = await tcDump(lab.hostNs, a.tap);
-    assert.match(dump, /pref 10 u32/, "foreign filter removed");
+    assert.match(dump, /pref 65000 u32/, "foreign filter removed");
     assert.match(dump, /clsact/, "foreign clsact qdisc removed");
     assert.doesNotMatch(dump, /pref 64000/);
     await run("tc", ["-n", lab.hostNs, "qdisc", "del", "dev", a.tap, "clsact"]);

@@ -5,15 +5,9 @@ import {
   fnv1a64,
   formatIfbAlias,
   groupIfbName,
-  IFACE_CLASSID,
-  IFACE_LEAF_HANDLE,
   IFB_PREFIX,
   interfaceIfbName,
-  PRIO_MAX,
-  PRIO_MIN,
-  PRIO_REDIRECT,
   parseIfbAlias,
-  ROOT_HANDLE,
 } from "../../src/core/names.js";
 
 const UUID = "a4e00d26-390e-41a1-935e-10edc413232f";
@@ -110,16 +104,5 @@ describe("IFB alias", () => {
     ]) {
       assert.equal(parseIfbAlias(alias), undefined, String(alias));
     }
-  });
-});
-
-describe("handles and priorities", () => {
-  test("virtqos's numbers", () => {
-    assert.equal(ROOT_HANDLE, "7651:");
-    assert.equal(IFACE_CLASSID, "7651:1");
-    assert.equal(IFACE_LEAF_HANDLE, "7652:");
-    assert.equal(PRIO_REDIRECT, 64000);
-    assert.ok(PRIO_MIN <= PRIO_REDIRECT && PRIO_REDIRECT <= PRIO_MAX);
-    assert.ok(PRIO_MAX <= 0xffff);
   });
 });

@@ -6,13 +6,15 @@ import {
   linksFromJson,
   observeBatchLines,
   parseClasses,
+  parseTcJson,
   parseTcRate,
   parseTcSize,
   printTcRate,
+  printTcSize,
   qdiscsFromJson,
   sameSize,
   splitObserveOutput,
-} from "../../src/core/normalise.js";
+} from "../../src/core/tc/normalise.js";
 
 describe("printTcRate (iproute2 print_rate)", () => {
   const cases: [number, string][] = [
@@ -62,6 +64,18 @@ describe("parseTcRate / parseTcSize", () => {
     assert.equal(parseTcSize("2Gb"), 2 * 1024 ** 3);
     assert.ok(Number.isNaN(parseTcSize("64KiB")));
     assert.ok(Number.isNaN(parseTcSize("")));
+  });
+
+  test("printTcSize prints as iproute2's print_size, and parses back to the value it stands for", () => {
+    assert.equal(printTcSize(62_493), "62493b");
+    assert.equal(printTcSize(65_536), "64Kb");
+    assert.equal(printTcSize(65_540), "64Kb");
+    assert.equal(printTcSize(65_552), "65552b");
+    assert.equal(printTcSize(1024 * 1024 + 100), "1Mb");
+    assert.equal(printTcSize(1023), "1023b");
+    for (const b of [3028, 62_493, 65_536, 1_250_000, 12_800_000]) {
+      assert.ok(Math.abs(parseTcSize(printTcSize(b)) - b) < 1024, String(b));
+    }
   });
 
   test("sameSize tolerates tc's tick rounding", () => {
@@ -285,6 +299,33 @@ describe("filtersFromJson", () => {
       "ingress",
     );
     assert.equal(f.divisor, 256);
+  });
+
+  // Captured from iproute2 6.1 on kernel 6.18: a group tree's filters (`tc -j filter show dev X parent 7651:`).
+  const GROUP_TREE_TEXT =
+    '[{"protocol":"all","pref":64010,"kind":"u32","chain":0},' +
+    '{"protocol":"all","pref":64010,"kind":"u32","chain":0,"options":{"fh":"100:","ht_divisor":256}},' +
+    '{"protocol":"all","pref":64010,"kind":"u32","chain":0,"options":{"fh":"100:1f:1a2","order":418,"key_ht":"100","bkt":"1f","flowid":"7651:1a2","not_in_hw":true,' +
+    '"match":{"value":"52540000","mask":"ffffffff","offmask":"","off":-8},"match":{"value":"21f0000","mask":"ffff0000","offmask":"","off":-4}}},' +
+    '{"protocol":"all","pref":64010,"kind":"u32","chain":0,"options":{"fh":"800:","ht_divisor":1}},' +
+    '{"protocol":"all","pref":64010,"kind":"u32","chain":0,"options":{"fh":"800::800","order":2048,"key_ht":"800","bkt":"0","link":"100:","not_in_hw":true,' +
+    '"match":{"value":"0","mask":"0","offmask":"","off":0},"hash_mask":"ff0000","hash_off":-4}}]';
+
+  test("parseTcJson keeps every key of a u32 node (tc repeats the `match` member)", () => {
+    const plain = filtersFromJson(JSON.parse(GROUP_TREE_TEXT), "class", "7651:");
+    assert.deepEqual(plain[1].matches, ["21f0000/ffff0000@-4"], "JSON.parse alone keeps the last key");
+    const [table, member, link] = filtersFromJson(parseTcJson(GROUP_TREE_TEXT), "class", "7651:");
+    assert.equal(table.divisor, 256);
+    assert.deepEqual(member.matches, ["52540000/ffffffff@-8", "21f0000/ffff0000@-4"]);
+    assert.equal(member.flowid, "7651:1a2");
+    assert.equal(link.link, "100:");
+    assert.deepEqual(link.hashKey, { mask: 0x00ff0000, offsetBytes: -4 });
+    assert.deepEqual(link.matches, ["0/0@0"]);
+  });
+
+  test("parseTcJson leaves JSON without repeated keys as JSON.parse reads it", () => {
+    const text = JSON.stringify(U32_REDIRECT);
+    assert.deepEqual(parseTcJson(text), JSON.parse(text));
   });
 
   test("not an array: nothing", () => {

@@ -1,0 +1,21 @@
+// The README's groups example (cliff and rob share 30 Mbit/s with 15 guaranteed each, jason has 30 on his
+// own, all under a 1000 Mbit/s host ceiling), as the tests that run it on real devices use it.
+export const SEED_001_GROUPS = `
+groups:
+  - name: host
+    inbound: { average: 1000mbit }
+    outbound: { average: 1000mbit }
+  - name: web
+    parent: host
+    inbound: { average: 30mbit }
+    outbound: { average: 30mbit }
+    memberDefaults:
+      inbound: { floor: 15mbit }
+      outbound: { floor: 15mbit }
+    select: { domains: ["cliff*", "rob*"] }
+  - name: solo
+    parent: host
+    inbound: { average: 30mbit }
+    outbound: { average: 30mbit }
+    members: [{ domain: jason }]
+`;
