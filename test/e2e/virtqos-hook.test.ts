@@ -326,7 +326,9 @@ test(
       assert.equal(first.code, 0, `install-hook: ${first.stderr}`);
       const lines = first.stdout.trim().split("\n");
       assert.equal(lines[0], `installed ${HOOK_FILE} -> ${DIST_HOOK}`);
-      assert.equal(lines.length, 2, first.stdout);
+      // The third line: the boot-time transaction recovery unit (installed where systemd runs, or why not).
+      assert.equal(lines.length, 3, first.stdout);
+      assert.match(lines[2] ?? "", /virtqos-recover\.service/);
       if (others.length === 0) {
         // A first hook: libvirtd only notices it when it (re)loads, and the message must say so.
         assert.match(
