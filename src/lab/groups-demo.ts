@@ -116,7 +116,7 @@ export async function runGroupsDemo(opts: {
         const seconds = opts.quick ? 3 : PHASE_SECONDS;
         // With a join the busy guest runs two seconds longer and the newcomer runs past its end, so there is
         // a stretch where both are surely busy, whatever the hook and iperf3 take to start the newcomer.
-        const mainSeconds = during ? seconds + 2 : seconds;
+        const mainSeconds = during ? seconds + during.afterSeconds + 2 : seconds;
         const main = runTransfers(
           lab,
           busy.map((n) => ({
@@ -127,10 +127,14 @@ export async function runGroupsDemo(opts: {
             intervalSeconds: 0.25,
           })),
         );
+        const t0 = Date.now();
         let late: Promise<TransferResult[]> | undefined;
+        // Seconds from the busy guests' start to the newcomer's: the hook and iperf3 take their time.
+        let lateStartSec = 0;
         if (during) {
           await sleep(during.afterSeconds * 1000);
           await during.action();
+          lateStartSec = (Date.now() - t0) / 1000;
           late = runTransfers(lab, [
             { guest: guest[during.thenBusy], direction, protocol: "tcp", seconds, intervalSeconds: 0.25 },
           ]);
@@ -144,16 +148,17 @@ export async function runGroupsDemo(opts: {
           const iv = r.intervals.filter((x) => x.endSec > from && x.endSec <= to + 1e-6);
           return iv.reduce((a, x) => a + x.l2BitsPerSec, 0) / Math.max(1, iv.length);
         };
-        // Without a join: each guest's last second. With one: the busy guest's second-to-last second and the
-        // newcomer's second second, both inside the stretch where the two overlap.
+        // Without a join: each guest's last second. With one: the newcomer's second second, and the same
+        // second of the busy guest's transfer (whatever the newcomer's start took), where both surely run.
         for (const [k, n] of busy.entries()) {
           const end = res[k].intervals.at(-1)?.endSec ?? mainSeconds;
+          const from = Math.min(lateStartSec + 1, end - 1);
           results.push({
             phase: label,
             direction,
             guest: n,
             expectedBitsPerSec: expected[n],
-            measuredBitsPerSec: during ? over(res[k], end - 2, end - 1) : over(res[k], end - 1, end),
+            measuredBitsPerSec: during ? over(res[k], from, from + 1) : over(res[k], end - 1, end),
           });
         }
         if (during && lateRes[0]) {
