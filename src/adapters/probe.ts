@@ -3,6 +3,7 @@ import { release } from "node:os";
 import { join } from "node:path";
 import type { Capabilities } from "../core/recipe.js";
 import { VirtqosError } from "../errors.js";
+import { readBootId } from "./boot.js";
 import type { Runner } from "./exec.js";
 import { acquireFileLock, alive } from "./lock.js";
 import { randomHex } from "./random.js";
@@ -264,13 +265,5 @@ export function writeCache(runDir: string, report: ProbeReport): void {
     renameSync(tmp, file);
   } catch {
     // A read-only /run only costs a re-probe next time.
-  }
-}
-
-function readBootId(): string {
-  try {
-    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
-  } catch {
-    return "unknown";
   }
 }

@@ -18,6 +18,8 @@ import type { DomainInfo, DomainRecord } from "../core/model.js";
 import type { KernelState } from "../core/snapshot.js";
 import { randomHex } from "./random.js";
 
+export { readBootId } from "./boot.js";
+
 // The transaction journal, on persistent storage: a transaction must outlive the process that began it, an
 // SSH session that died, and a reboot (an uncommitted change is rolled back before guests start again).
 // Everything is written ahead of the kernel change it describes and fsynced, so a kill -9 at any point
@@ -252,16 +254,6 @@ export function sweepEnded(stateDir: string): void {
   for (const f of files) {
     const m = /^(tx-[\w-]+)\.(snapshot\.json|events\.jsonl)$/.exec(f);
     if (m && m[1] !== open) rmSync(join(txDir(stateDir), f), { force: true });
-  }
-}
-
-/** The kernel boot, to tell "the host rebooted" from "a process died" (VIRTQOS_BOOT_ID: tests simulate a reboot). */
-export function readBootId(): string {
-  if (process.env.VIRTQOS_BOOT_ID) return process.env.VIRTQOS_BOOT_ID;
-  try {
-    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
-  } catch {
-    return "unknown";
   }
 }
 

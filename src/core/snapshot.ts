@@ -1,7 +1,7 @@
-import { PRIO_MAX, PRIO_MIN, parseIfbAlias } from "./names.js";
+import { parseIfbAlias } from "./names.js";
 import type { ObservedDevice, ObservedLink } from "./normalise.js";
 import type { Observed } from "./plan.js";
-import { isOurRoot } from "./plan.js";
+import { isOurPrio, isOurRoot } from "./tc/handles.js";
 
 // The kernel state a transaction restores, as data: every link and the qdiscs, classes and filters of every
 // device, without counters, and a fingerprint of each device so a rollback can prove the kernel is back
@@ -31,10 +31,7 @@ export function observedFrom(state: KernelState, records: Observed["records"]): 
 export function holdsVirtqos(d: ObservedDevice | undefined, link: ObservedLink | undefined): boolean {
   if (parseIfbAlias(link?.alias)) return true;
   if (!d) return false;
-  return (
-    d.qdiscs.some(isOurRoot) ||
-    d.filters.some((f) => f.hook !== "class" && f.prio >= PRIO_MIN && f.prio <= PRIO_MAX)
-  );
+  return d.qdiscs.some(isOurRoot) || d.filters.some((f) => f.hook !== "class" && isOurPrio(f.prio));
 }
 
 function withoutCounters(d: ObservedDevice): ObservedDevice {

@@ -15,6 +15,7 @@ import {
   removeDomain,
   uuidFor,
 } from "../helpers/netns.js";
+import { SEED_001_GROUPS } from "../helpers/seed-policies.js";
 
 // Groups with the fq_codel leaf (`leaf: auto` on this kernel; the test kernel's members get the GSO-splitting
 // tbf FIFO): seed 001's floors and borrowing, and Jain's index of throughput/floor over busy members with
@@ -24,26 +25,7 @@ const gate = await kernelGate(["qdisc:fq_codel", "classifier:matchall", "classif
 type Dir = "download" | "upload";
 const DIRS: Dir[] = ["download", "upload"];
 
-const SEED_001 = `
-leaf: auto
-groups:
-  - name: host
-    inbound: { average: 1000mbit }
-    outbound: { average: 1000mbit }
-  - name: web
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    memberDefaults:
-      inbound: { floor: 15mbit }
-      outbound: { floor: 15mbit }
-    select: { domains: ["cliff*", "rob*"] }
-  - name: solo
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    members: [{ domain: jason }]
-`;
+const SEED_001 = `leaf: auto\n${SEED_001_GROUPS}`;
 
 /**
  * All guests busy at once, each judged on the middle of its run: in the VM the iperf3 pairs start up to a
