@@ -1,9 +1,12 @@
-import { appendFileSync, closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { appendFileSync, linkSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { onChildSpawn } from "./exec.js";
 
 // libvirt starts guests in parallel, and each start runs the hook: they must not observe and apply at once.
-// Node has no flock(2), so: an O_EXCL lock file holding the owner's pid, stolen only from a dead owner.
+// Node has no flock(2), so: a lock file holding the owner's pid, stolen only from a dead owner. It is
+// written aside and hard-linked into place (link(2) fails with EEXIST atomically), so it never exists
+// without its pid: an owner killed between open() and write() used to leave an empty file nobody could
+// judge, and every later caller waited for its timeout.
 // Callers inside one process (the lab, tests) queue on a promise first: the file lock is not reentrant.
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -60,9 +63,7 @@ export async function acquireFileLock(runDir: string, timeoutMs: number, name = 
   let wait = 2;
   for (;;) {
     try {
-      const fd = openSync(file, "wx", 0o600);
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
+      takeFile(file);
       let released = false;
       // Every tc/ip this process starts while it holds the lock is listed in the lock file after the owner.
       const unlisten = onChildSpawn((pid) => {
@@ -89,7 +90,7 @@ export async function acquireFileLock(runDir: string, timeoutMs: number, name = 
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
     }
     const owner = readOwner(file);
-    if (owner !== undefined && !alive(owner)) {
+    if (owner === undefined ? ageMs(file) > EMPTY_LOCK_STALE_MS : !alive(owner)) {
       // A killed owner's children live on (a `tc -batch` half way through its lines): stop them first, or
       // they would change the kernel under the new owner's feet after it observed it.
       await stopOrphans(file);
@@ -107,6 +108,57 @@ export async function acquireFileLock(runDir: string, timeoutMs: number, name = 
     }
     await sleep(wait);
     wait = Math.min(wait * 2, 50);
+  }
+}
+
+// A lock file without a pid can only be a leftover of an older virtqos (which wrote it after creating it);
+// give a writer that slow a generous moment before calling it stale.
+const EMPTY_LOCK_STALE_MS = 2_000;
+
+/** Create `file` holding our pid, or throw EEXIST: never visible empty. */
+function takeFile(file: string): void {
+  const aside = `${file}.${process.pid}.tmp`;
+  writeFileSync(aside, String(process.pid), { mode: 0o600 });
+  try {
+    linkSync(aside, file);
+  } finally {
+    try {
+      unlinkSync(aside);
+    } catch {
+      // Already gone.
+    }
+  }
+  sweepAside(file);
+}
+
+/** Remove `<lock>.<pid>.tmp` files of dead processes (one killed between its write and its link). */
+function sweepAside(file: string): void {
+  const slash = file.lastIndexOf("/");
+  const dir = file.slice(0, slash);
+  const prefix = `${file.slice(slash + 1)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
+    const pid = Number(name.slice(prefix.length, -".tmp".length));
+    if (!Number.isInteger(pid) || pid <= 0 || alive(pid)) continue;
+    try {
+      unlinkSync(`${dir}/${name}`);
+    } catch {
+      // Someone else swept it.
+    }
+  }
+}
+
+function ageMs(file: string): number {
+  try {
+    return Date.now() - statSync(file).mtimeMs;
+  } catch {
+    return 0;
   }
 }
 
