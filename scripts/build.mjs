@@ -16,6 +16,17 @@ const common = {
   },
 };
 
+// The policy parser (yaml, typebox: 60 % of the hook's code) is only needed when the policy file changed
+// since the last guest start: the hook bundle leaves it out and loads dist/policy.cjs on a cache miss.
+const policyApart = {
+  name: "policy-apart",
+  setup(b) {
+    b.onResolve({ filter: /core\/policy\.js$/ }, (args) =>
+      args.kind === "dynamic-import" ? { path: "./policy.cjs", external: true } : undefined,
+    );
+  },
+};
+
 rmSync("dist/hook", { recursive: true, force: true });
 await Promise.all([
   build({ ...common, entryPoints: ["src/main.ts"], outfile: "dist/virtqos.mjs" }),
@@ -26,6 +37,18 @@ await Promise.all([
     format: "cjs",
     entryPoints: ["src/hook-main.ts"],
     outfile: "dist/hook.cjs",
+    minify: true,
+    plugins: [policyApart],
+    // import() of dist/policy.cjs as require(): the loader runs this bundle through vm.Script, which has no
+    // dynamic-import callback.
+    supported: { "dynamic-import": false },
+  }),
+  build({
+    ...common,
+    banner: undefined,
+    format: "cjs",
+    entryPoints: ["src/core/policy.ts"],
+    outfile: "dist/policy.cjs",
     minify: true,
   }),
 ]);

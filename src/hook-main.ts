@@ -1,7 +1,7 @@
 import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from "node:fs";
-import { createLogger, logTargetFromEnv } from "./adapters/log.js";
-import { loadPolicyCached, policyPath } from "./adapters/policy-file.js";
-import { defaultRunDir } from "./adapters/state.js";
+import { createLogger } from "./adapters/log.js";
+import { loadPolicyCached } from "./adapters/policy-file.js";
+import { defaultRunDir, logTargetFromEnv, policyPath } from "./config.js";
 import { HookDeadline, prepareHook, runHook } from "./hook.js";
 
 // Entry point of the libvirt hook, through dist/hook-loader.cjs: the installed hook

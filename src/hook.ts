@@ -1,12 +1,13 @@
 import { type ProcessRunner, processRunner } from "./adapters/exec.js";
 import { type BaseDump, dumpLinksAndQdiscs } from "./adapters/kernel.js";
 import { acquireLock } from "./adapters/lock.js";
-import { createLogger, type Logger, logTargetFromEnv } from "./adapters/log.js";
-import { loadPolicyCached, policyAsksStrict, policyPath } from "./adapters/policy-file.js";
-import { defaultRunDir } from "./adapters/state.js";
+import { createLogger, type Logger } from "./adapters/log.js";
+import { loadPolicyCached, policyAsksStrict } from "./adapters/policy-file.js";
 import { currentActor } from "./adapters/tx-journal.js";
 import { reconcile } from "./app/engine.js";
+import { defaultRunDir, hookNetns, logTargetFromEnv, policyPath } from "./config.js";
 import { parseDomainXml } from "./core/domain-xml.js";
+import { ERRORS, errorCodeOf } from "./core/errors.js";
 import type { Policy } from "./core/policy.js";
 import { emptyPolicy } from "./core/policy-empty.js";
 
@@ -116,7 +117,7 @@ export async function prepareHook(
       defaultRunDir(),
       opts.deadline ? Math.max(1, opts.deadline.remainingMs()) : undefined,
     );
-    const runner = processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS });
+    const runner = processRunner({ netns: hookNetns(opts.netns) });
     const base = dumpLinksAndQdiscs(runner);
     base.catch(() => {}); // awaited (and reported) by observe(); never an unhandled rejection meanwhile
     return { release, base, runner };
@@ -160,7 +161,7 @@ export async function runHook(
   const [domainName = "", operation = "", subOperation = ""] = args;
   const log = createLogger({ level: "info", target: logTargetFromEnv() });
   const deadline = opts.deadline ?? new HookDeadline();
-  const runner = opts.prepared?.runner ?? processRunner({ netns: opts.netns ?? process.env.VIRTQOS_NETNS });
+  const runner = opts.prepared?.runner ?? processRunner({ netns: hookNetns(opts.netns) });
   const action = hookAction(operation, subOperation);
   const work = hookWork(args, stdin, { ...opts, log, deadline, runner });
   try {
@@ -247,9 +248,12 @@ async function hookWork(
     if (failed && deadline.strict) return { exitCode: 1, stdout: "" };
     return { exitCode: 0, stdout: "" };
   } catch (e) {
-    const err = e as Error & { code?: string };
+    const err = e as Error;
+    // The code and the catalogue's fix (a policy error's message has a fix per problem already).
+    const code = errorCodeOf(e);
+    const fix = code && code !== "POLICY_INVALID" ? `; fix: ${ERRORS[code].fix}` : "";
     log.error(
-      `hook ${operation} ${subOperation} for guest=${domainName} failed${deadline.isExpired ? " (stopped by HOOK_TIMEOUT)" : ""}: ${err.message.replace(/\n/g, "; ")}`,
+      `hook ${operation} ${subOperation} for guest=${domainName} failed${deadline.isExpired ? " (stopped by HOOK_TIMEOUT)" : ""}: ${code ? `${code}: ` : ""}${err.message.replace(/\n/g, "; ")}${fix}`,
     );
     if (deadline.strict) {
       process.stderr.write(`virtqos: ${err.message}\n`);

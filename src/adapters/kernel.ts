@@ -1,3 +1,4 @@
+import { VirtqosError } from "../core/errors.js";
 import type { DomainRecord } from "../core/model.js";
 import { parseIfbAlias } from "../core/names.js";
 import {
@@ -14,15 +15,16 @@ import type { Observed } from "../core/plan.js";
 import { HOOK_PARENT, ROOT_HANDLE } from "../core/tc/handles.js";
 import type { ExecResult, Runner } from "./exec.js";
 
-export class BatchError extends Error {
-  readonly code = "TC_BATCH_FAILED";
+export class BatchError extends VirtqosError {
   constructor(
     readonly tool: "tc" | "ip",
     readonly lineNumber: number | undefined,
     readonly line: string | undefined,
-    readonly detail: string,
+    /** What the tool printed (the kernel's reason); also the error's structured detail. */
+    override readonly detail: string,
   ) {
     super(
+      "TC_BATCH_FAILED",
       `${tool} -batch failed${lineNumber ? ` at line ${lineNumber}: ${line}` : ""}: ${detail.trim().split("\n")[0] || "(no message)"}`,
     );
   }
@@ -53,6 +55,37 @@ export async function observe(
     base?: BaseDump;
   },
 ): Promise<Observed> {
+  const detailArgs = [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"];
+  // When the records say devices of ours exist, their detail query will be needed: start its tc now, so its
+  // start-up overlaps the two dumps, and give it its lines once the dumps say which (none: it exits idle).
+  let detailLines: (lines: string[]) => void = () => {};
+  const early =
+    runner.runStaged && opts.records.some((r) => r.interfaces.some((i) => i.dev))
+      ? runner.runStaged(
+          "tc",
+          detailArgs,
+          "",
+          new Promise<string>((resolve) => {
+            detailLines = (lines) => resolve(lines.length ? `${lines.join("\n")}\n` : "");
+          }),
+        )
+      : undefined;
+  // Whatever happens below, the early tc gets its input and ends (the first call of detailLines wins).
+  early?.catch(() => undefined);
+  try {
+    return await observeWith(runner, opts, detailArgs, early, detailLines);
+  } finally {
+    detailLines([]);
+  }
+}
+
+async function observeWith(
+  runner: Runner,
+  opts: Parameters<typeof observe>[1],
+  detailArgs: string[],
+  early: Promise<ExecResult> | undefined,
+  detailLines: (lines: string[]) => void,
+): Promise<Observed> {
   const [linkRes, qdiscRes] = await (opts.base ?? dumpLinksAndQdiscs(runner, opts.stats));
   if (linkRes.code !== 0) throw new Error(`ip link show failed: ${linkRes.stderr.trim()}`);
   if (qdiscRes.code !== 0) throw new Error(`tc qdisc show failed: ${qdiscRes.stderr.trim()}`);
@@ -78,13 +111,13 @@ export async function observe(
     queries.push({ dev, classes: ourRoot, egress: hook?.kind === "clsact", rootFilters: ourRoot });
   }
   const devices = new Map<string, ObservedDevice>();
-  if (queries.length) {
+  if (!queries.length) {
+    detailLines([]);
+    await early?.catch(() => undefined);
+  } else {
     const lines = queries.flatMap(observeBatchLines);
-    const res = await runner.run(
-      "tc",
-      [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"],
-      `${lines.join("\n")}\n`,
-    );
+    detailLines(lines);
+    const res = early ? await early : await runner.run("tc", detailArgs, `${lines.join("\n")}\n`);
     if (res.code !== 0) {
       // A device vanished between the dumps (a guest stopped): ask again device by device, skipping the gone.
       for (const q of queries) {
@@ -118,7 +151,34 @@ export async function runBatch(
 ): Promise<void> {
   if (!lines.length) return;
   const args = force ? ["-force", "-batch", "-"] : ["-batch", "-"];
-  const res = await runner.run(tool, args, `${lines.join("\n")}\n`);
+  checkBatch(tool, lines, force, await runner.run(tool, args, `${lines.join("\n")}\n`));
+}
+
+/**
+ * `head` now, then `tail` once it resolves, in one process started at once (Runner.runStaged); a rejected
+ * `tail` ends the batch after `head`. Without runStaged: one run() after `tail`.
+ */
+export async function runBatchStaged(
+  runner: Runner,
+  tool: "tc" | "ip",
+  head: string[],
+  tail: Promise<string[]>,
+): Promise<void> {
+  const text = (lines: string[]) => (lines.length ? `${lines.join("\n")}\n` : "");
+  if (!runner.runStaged) {
+    const rest = await tail.catch(() => []);
+    return runBatch(runner, tool, [...head, ...rest]);
+  }
+  let lines = head;
+  const tailText = tail.then((rest) => {
+    lines = [...head, ...rest];
+    return text(rest);
+  });
+  const res = await runner.runStaged(tool, ["-batch", "-"], text(head), tailText);
+  checkBatch(tool, lines, false, res);
+}
+
+function checkBatch(tool: "tc" | "ip", lines: string[], force: boolean, res: ExecResult): void {
   if (res.code === 0) return;
   if (force && onlyAlreadyGone(res.stderr, lines)) return;
   const m = /Command failed -:(\d+)/.exec(res.stderr);

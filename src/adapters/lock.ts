@@ -1,5 +1,15 @@
-import { appendFileSync, linkSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
+import { VirtqosError } from "../core/errors.js";
 import { onChildSpawn } from "./exec.js";
 
 // libvirt starts guests in parallel, and each start runs the hook: they must not observe and apply at once.
@@ -32,8 +42,10 @@ export function releaseHeldLocks(): number {
   return all.length;
 }
 
-export class LockTimeoutError extends Error {
-  readonly code = "LOCK_TIMEOUT";
+export class LockTimeoutError extends VirtqosError {
+  constructor(message: string) {
+    super("LOCK_TIMEOUT", message);
+  }
 }
 
 export async function acquireLock(runDir: string, timeoutMs = 30_000): Promise<() => void> {

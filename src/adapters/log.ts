@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import type { LogTarget } from "../config.js";
 import type { LogLevel } from "../core/policy.js";
 
 // Syslog as the hook scripts operators replace wrote it (grep-able by their existing alerts): ident "virtqos", "LEVEL: message". Node cannot write to /dev/log (a datagram socket)
@@ -17,14 +18,6 @@ export interface Logger {
   setLevel(level: LogLevel): void;
   /** Wait until logger(1) has taken every line. */
   close(): Promise<void>;
-}
-
-export type LogTarget = "syslog" | "stderr" | "silent";
-
-export function logTargetFromEnv(): LogTarget {
-  const v = process.env.VIRTQOS_LOG;
-  if (v === "stderr" || v === "silent" || v === "syslog") return v;
-  return "syslog";
 }
 
 export function createLogger(opts: { level: LogLevel; target: LogTarget }): Logger {

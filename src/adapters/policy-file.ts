@@ -7,12 +7,6 @@ import { emptyPolicy } from "../core/policy-empty.js";
 // than the rest of a guest start together, so the validated result is cached in the run directory, keyed
 // by the file's identity and mtime; the parser is only loaded when the file changed.
 
-export const DEFAULT_POLICY_PATH = "/etc/virtqos/policy.yaml";
-
-export function policyPath(explicit?: string): string {
-  return explicit ?? process.env.VIRTQOS_CONFIG ?? DEFAULT_POLICY_PATH;
-}
-
 /** Whether an invalid policy file at least says `strict: true`: the hook must honour that even then. */
 export function policyAsksStrict(file: string): boolean {
   try {

@@ -1,8 +1,8 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { release } from "node:os";
 import { join } from "node:path";
+import { VirtqosError } from "../core/errors.js";
 import type { Capabilities } from "../core/recipe.js";
-import { VirtqosError } from "../errors.js";
 import { readBootId } from "./boot.js";
 import type { Runner } from "./exec.js";
 import { acquireFileLock, alive } from "./lock.js";

@@ -32,10 +32,6 @@ export { readBootId } from "./boot.js";
 
 export const JOURNAL_VERSION = 1;
 
-export function defaultStateDir(): string {
-  return process.env.VIRTQOS_STATE_DIR ?? "/var/lib/virtqos";
-}
-
 export interface Actor {
   uid: number;
   user: string;

@@ -1,18 +1,14 @@
 import type { Runner } from "../adapters/exec.js";
-import { type BaseDump, BatchError, observe, runBatch } from "../adapters/kernel.js";
+import { type BaseDump, BatchError, observe, runBatch, runBatchStaged } from "../adapters/kernel.js";
 import { acquireLock } from "../adapters/lock.js";
 import type { Logger } from "../adapters/log.js";
 import { cachedCapabilities } from "../adapters/probe.js";
 import { loadRecords, saveRecords } from "../adapters/state.js";
-import {
-  type Actor,
-  appendEvent,
-  currentActor,
-  defaultStateDir,
-  readOpenTx,
-} from "../adapters/tx-journal.js";
+import { type Actor, appendEvent, currentActor, readOpenTx } from "../adapters/tx-journal.js";
+import { defaultStateDir } from "../config.js";
+import { type Diagnostic, type ErrorCode, errorCodeOf, formatDiagnostic } from "../core/errors.js";
 import type { DesiredInterface, DirectionLimit, DomainInfo } from "../core/model.js";
-import { type Observed, type Op, type Plan, type PlanProblem, plan, planRestore } from "../core/plan.js";
+import { type Observed, type Op, type Plan, plan, planRestore } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { htbClass } from "../core/recipe.js";
@@ -35,8 +31,13 @@ export interface EngineContext {
   lockHeld?: boolean;
   /** Where the transaction journal lives (default $VIRTQOS_STATE_DIR or /var/lib/virtqos). */
   stateDir?: string;
-  /** Who asks, for the transaction journal. */
+  /** Who asks, for the transaction journal and the state records' `appliedBy` (default: whoOf). */
   who?: Actor;
+}
+
+/** Who asks: the context's `who`, else this process's user through the CLI's door. */
+export function whoOf(ctx: EngineContext): Actor {
+  return ctx.who ?? currentActor("cli");
 }
 
 export interface ReconcileRequest {
@@ -57,25 +58,34 @@ export interface ReconcileResult {
   plan: Plan;
   rendered: Rendered;
   applied: boolean;
-  warnings: string[];
-  failure?: { message: string; tool?: string; line?: string; lineNumber?: number; restored: boolean };
+  failure?: {
+    /** The error's code (TC_BATCH_FAILED, COMMAND_KILLED, ...; INTERNAL for one without a code). */
+    code: ErrorCode;
+    message: string;
+    tool?: string;
+    line?: string;
+    lineNumber?: number;
+    restored: boolean;
+  };
 }
 
 export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Promise<ReconcileResult> {
   const caps = ctx.caps ?? (await cachedCapabilities(ctx.runner, ctx.runDir));
-  const warnings: string[] = [];
+  // What reading the XML and the policy warned about (no code of its own yet: INPUT_WARNING) goes first among
+  // the plan's notes, group assignment's errors first among its problems.
+  const warnings: Diagnostic[] = [];
   const desired: DesiredInterface[] = [];
-  const resolveProblems: PlanProblem[] = [];
+  const resolveProblems: Diagnostic[] = [];
   if (req.desired) desired.push(...req.desired);
   else {
     for (const d of req.domains) {
       const r = resolveDomain(d, req.policy);
       desired.push(...r.interfaces);
-      warnings.push(...r.warnings);
+      for (const message of r.warnings) warnings.push({ code: "INPUT_WARNING", level: "warning", message });
       resolveProblems.push(...r.problems);
     }
   }
-  for (const w of warnings) ctx.log.warning(w);
+  for (const w of warnings) ctx.log.warning(w.message);
   const release =
     req.dryRun || ctx.held || ctx.lockHeld ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
   try {
@@ -89,8 +99,9 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
     p.problems.unshift(...resolveProblems);
     const tx = begin(ctx, p, before, caps);
     for (const n of p.notes) (n.level === "warning" ? ctx.log.warning : ctx.log.info)(n.message);
-    for (const pr of p.problems) ctx.log.error(`${pr.code}: ${pr.message}; fix: ${pr.fix}`);
-    const result: ReconcileResult = { desired, plan: p, rendered: tx.rendered, applied: false, warnings };
+    p.notes.unshift(...warnings);
+    for (const pr of p.problems) ctx.log.error(formatDiagnostic(pr));
+    const result: ReconcileResult = { desired, plan: p, rendered: tx.rendered, applied: false };
     if (req.dryRun) return result;
     if (p.ops.length === 0) {
       ctx.log.debug("kernel already matches the desired state; nothing to do");
@@ -104,6 +115,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       const restored = await tx.rollback();
       const be = e instanceof BatchError ? e : undefined;
       result.failure = {
+        code: errorCodeOf(e) ?? "INTERNAL",
         message: (e as Error).message,
         tool: be?.tool,
         line: be?.line,
@@ -170,18 +182,27 @@ export function begin(ctx: EngineContext, p: Plan, before: Observed, caps: Capab
       // waits for the hook, and this saves it one process round trip. Order within each group is kept.
       const created = new Set(p.ops.filter((o) => o.op === "ifb-add").map((o) => o.dev));
       const { early, late } = splitTcByCreated(rendered, created);
+      // The lines on new devices follow in the same tc process once `ip` has created them (runBatchStaged):
+      // a guest start pays for one tc process, not two in a row.
+      const ipDone = runBatch(ctx.runner, "ip", rendered.ipPre);
       const results = await Promise.allSettled([
-        runBatch(ctx.runner, "ip", rendered.ipPre),
-        runBatch(ctx.runner, "tc", early),
+        ipDone,
+        late.length
+          ? runBatchStaged(
+              ctx.runner,
+              "tc",
+              early,
+              ipDone.then(() => late),
+            )
+          : runBatch(ctx.runner, "tc", early),
       ]);
       const rejected = results.find((r) => r.status === "rejected");
       if (rejected) throw (rejected as PromiseRejectedResult).reason;
-      await runBatch(ctx.runner, "tc", late);
       // Only deletes: one of a device already gone is success, and the rest still run.
       await runBatch(ctx.runner, "ip", rendered.ipPost, true);
     },
     commit() {
-      saveRecords(ctx.runDir, p.records, p.forget);
+      saveRecords(ctx.runDir, p.records, p.forget, whoOf(ctx));
     },
     rollback() {
       return restoreDevices(ctx, before, new Set(p.ops.map((o) => o.dev)), caps);
@@ -198,15 +219,26 @@ export async function restoreDevices(
   before: Observed,
   devs: Set<string>,
   caps: Capabilities,
+  opts: {
+    /** The kernel as read just now under the same lock (a rollback of 2000 devices then reads it once less). */
+    now?: Observed;
+    /** Gets the read-back that proved the restore, so the caller need not read the kernel again. */
+    onCheck?: (check: Observed) => void;
+  } = {},
 ): Promise<boolean> {
   try {
-    const after = await observe(ctx.runner, { devs, records: before.records });
+    const after = opts.now ?? (await observe(ctx.runner, { devs, records: before.records }));
     const restore = planRestore(before, after, devs, caps);
+    if (restore.length === 0 && opts.now) {
+      opts.onCheck?.(opts.now);
+      return true;
+    }
     const r = render(restore);
     await runBatch(ctx.runner, "ip", r.ipPre, true);
     await runBatch(ctx.runner, "tc", r.tc, true);
     await runBatch(ctx.runner, "ip", r.ipPost, true);
     const check = await observe(ctx.runner, { devs, records: before.records });
+    opts.onCheck?.(check);
     return planRestore(before, check, devs, caps).length === 0;
   } catch (e) {
     ctx.log.error(`rollback failed: ${(e as Error).message}`);
@@ -226,7 +258,7 @@ function journalChange(ctx: EngineContext, req: ReconcileRequest, ops: Op[]): vo
     if (!tx || tx.state !== "open") return;
     appendEvent(stateDir, tx.id, {
       at: new Date().toISOString(),
-      who: ctx.who ?? currentActor("cli"),
+      who: whoOf(ctx),
       domains: req.domains,
       scope: req.scope,
       devs: [...new Set(ops.map((o) => o.dev))],

@@ -1,10 +1,17 @@
 import type { Runner } from "../adapters/exec.js";
 import { observe } from "../adapters/kernel.js";
 import { loadRecords } from "../adapters/state.js";
+import { ERRORS, isErrorCode } from "../core/errors.js";
 import { minorHex } from "../core/group-tree.js";
-import type { DesiredInterface, Direction, DomainRecord } from "../core/model.js";
+import {
+  type AppliedBy,
+  type DesiredInterface,
+  type Direction,
+  type DomainRecord,
+  swapsHooks,
+} from "../core/model.js";
 import { groupIfbName, IFACE_CLASSID, PRIO_REDIRECT, ROOT_MAJOR } from "../core/names.js";
-import { hookFor, plan } from "../core/plan.js";
+import { hookFor, plan, recordIfb } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { formatRate } from "../core/units.js";
@@ -38,6 +45,12 @@ export interface StatusRow {
   overlimits: number;
   matches: boolean;
   note?: string;
+  /** Why it does not match, where a code says it (the note starts with it), and the catalogue's fix. */
+  code?: string;
+  fix?: string;
+  /** The domain's state record: its generation (bumped on each change) and who made the last change. */
+  generation: number;
+  appliedBy?: AppliedBy;
 }
 
 export function desiredFromRecords(records: DomainRecord[]): DesiredInterface[] {
@@ -49,7 +62,7 @@ export function desiredFromRecords(records: DomainRecord[]): DesiredInterface[] 
       mac: i.mac,
       type: i.type,
       dev: i.dev,
-      swapped: i.swapped,
+      swapped: swapsHooks(i.type),
       ovs: false,
       inbound: i.inbound,
       outbound: i.outbound,
@@ -74,13 +87,27 @@ export async function collectStatus(
     sweep: false,
     groups: policy.groups,
   });
-  const drift = new Set<string>(p.ops.flatMap((o) => (o.iface ? [o.iface] : [])));
+  // Keyed by interface and direction: a deleted root qdisc leaves the other direction (on the IFB) in force.
+  // An op or problem that names no direction (a shared hook qdisc) counts against both.
+  const drift = new Set<string>(p.ops.flatMap((o) => (o.iface ? [`${o.iface}|${o.direction ?? "*"}`] : [])));
   // Why an interface no longer matches, where the re-plan knows (a foreign filter now runs before ours...).
-  const reasons = new Map<string, string>();
-  for (const x of p.problems) if (x.iface) reasons.set(x.iface, `${x.code}: ${x.message}`);
+  const reasons = new Map<string, { note: string; code: string; fix?: string }>();
+  const reason = (code: string, message: string) => ({
+    note: `${code}: ${message}`,
+    code,
+    fix: isErrorCode(code) ? ERRORS[code].fix : undefined,
+  });
+  for (const x of p.problems)
+    if (x.iface) reasons.set(`${x.iface}|${x.direction ?? "*"}`, reason(x.code, x.message));
+  const inDrift = (key: string, direction: string) =>
+    drift.has(`${key}|${direction}`) || drift.has(`${key}|*`);
+  const reasonFor = (key: string, direction: string) =>
+    reasons.get(`${key}|${direction}`) ?? reasons.get(`${key}|*`);
   const rows: StatusRow[] = [];
   for (const r of records) {
     for (const f of r.refused ?? []) {
+      // f.code is what the record says: a code of the virtqos that wrote it.
+      const why = reason(f.code, f.message);
       const given = (["inbound", "outbound"] as const).filter((d) => f[d]);
       for (const direction of given.length ? given : (["inbound"] as const)) {
         const limit = f[direction];
@@ -101,7 +128,10 @@ export async function collectStatus(
           drops: 0,
           overlimits: 0,
           matches: false,
-          note: `not shaped: ${f.code}: ${f.message}`,
+          ...why,
+          note: `not shaped: ${why.note}`,
+          generation: r.generation,
+          appliedBy: r.appliedBy,
         });
       }
     }
@@ -140,9 +170,9 @@ export async function collectStatus(
         } else {
           const limit = i[direction];
           if (!limit) continue;
-          const onRoot = hookFor(direction, i.swapped) === "root";
+          const onRoot = hookFor(direction, swapsHooks(i.type)) === "root";
           const police = !onRoot && limit.mode === "police" && direction === "outbound";
-          const enforcedOn = onRoot || police ? i.dev : i.ifb;
+          const enforcedOn = onRoot || police ? i.dev : recordIfb(r.domainUuid, i);
           const cls = enforcedOn
             ? observed.devices.get(enforcedOn)?.classes.find((c) => c.classid === IFACE_CLASSID)
             : undefined;
@@ -176,8 +206,10 @@ export async function collectStatus(
           packets: counters?.packets ?? 0,
           drops: counters?.drops ?? 0,
           overlimits: counters?.overlimits ?? 0,
-          matches: exists && present && !drift.has(key) && !reasons.has(key),
-          note: exists ? reasons.get(key) : `host device ${i.dev} is gone`,
+          matches: exists && present && !inDrift(key, direction) && !reasonFor(key, direction),
+          ...(exists ? reasonFor(key, direction) : { note: `host device ${i.dev} is gone` }),
+          generation: r.generation,
+          appliedBy: r.appliedBy,
         });
       }
     }

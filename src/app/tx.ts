@@ -25,11 +25,13 @@ import {
   writeDurable,
   writeEnd,
 } from "../adapters/tx-journal.js";
+import { detachedEnv } from "../config.js";
+import { VirtqosError } from "../core/errors.js";
 import { lineDiff } from "../core/line-diff.js";
 import type { DomainInfo, DomainRecord } from "../core/model.js";
+import { type Observed, recordIfb } from "../core/plan.js";
 import type { Capabilities } from "../core/recipe.js";
 import { compareDevices, holdsVirtqos, kernelState, observedFrom } from "../core/snapshot.js";
-import { VirtqosError } from "../errors.js";
 import { type EngineContext, reconcile, restoreDevices } from "./engine.js";
 
 // Transactions over what virtqos owns: `begin` snapshots the policy file, the state records and the kernel,
@@ -237,6 +239,8 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
   const events = readEvents(ctx.stateDir, tx.id);
   const policy = loadPolicy(tx.policy.path);
   const caps = await ctx.caps();
+  // The records this rollback rewrites say so: door "tx", whoever ran it.
+  const who = { ...ctx.who, door: "tx" };
   const engine: EngineContext = {
     runner: ctx.runner,
     runDir: ctx.runDir,
@@ -244,7 +248,7 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
     caps,
     lockHeld: true,
     stateDir: ctx.stateDir,
-    who: ctx.who,
+    who,
   };
   const now = await observe(ctx.runner, { devs: [], records: loadRecords(ctx.runDir), everything: true });
   const snapLinks = new Map(snapshot.kernel.links.map((l) => [l.name, l]));
@@ -267,7 +271,7 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
   const ownedByStarted = (alias: string | undefined) => [...startedUuids].some((u) => !!alias?.includes(u));
 
   // 1. The snapshot, device by device, through the same restore a failed batch uses.
-  const restoredIfbs = restored.flatMap((r) => r.interfaces.flatMap((i) => (i.ifb ? [i.ifb] : [])));
+  const restoredIfbs = restored.flatMap((r) => r.interfaces.flatMap((i) => recordIfb(r.domainUuid, i) ?? []));
   const devices = new Set<string>();
   for (const dev of new Set([...events.flatMap((e) => e.devs), ...restoredIfbs])) {
     const was = snapLinks.get(dev);
@@ -278,7 +282,14 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
     else if (!was && is && ifb && !ownedByStarted(is.alias)) devices.add(dev);
   }
   const before = observedFrom(snapshot.kernel, snapshot.records);
-  if (!(await restoreDevices(engine, before, devices, caps))) {
+  let readBack: Observed | undefined;
+  const ok = await restoreDevices(engine, before, devices, caps, {
+    now,
+    onCheck: (c) => {
+      readBack = c;
+    },
+  });
+  if (!ok) {
     throw new VirtqosError("ROLLBACK_INCOMPLETE", "restoring the snapshot's devices failed; see the log");
   }
   // 2. The records as they were for those guests; guests stopped since are forgotten.
@@ -287,6 +298,7 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
     ctx.runDir,
     restored,
     current.map((r) => r.domainUuid).filter((u) => !restoredUuids.has(u) && !startedUuids.has(u)),
+    who,
   );
   // 3. Guests started since, under the restored policy, alongside the restored ones.
   if (started.length) {
@@ -300,8 +312,12 @@ async function restoreKernel(ctx: TxContext, tx: OpenTx): Promise<string[]> {
     if (r.failure)
       throw new VirtqosError("ROLLBACK_INCOMPLETE", `re-applying guests started since: ${r.failure.message}`);
   }
-  // Proof: read the kernel again and compare every restored device with the snapshot.
-  const after = await observe(ctx.runner, { devs: devices, records: loadRecords(ctx.runDir) });
+  // Proof: compare every restored device with the snapshot, on the read-back that ended the restore unless
+  // guests started since were re-applied after it (then read again).
+  const after =
+    readBack && !started.length
+      ? readBack
+      : await observe(ctx.runner, { devs: devices, records: loadRecords(ctx.runDir) });
   const check = [...devices].filter((d) => !ownedByStarted(after.links.get(d)?.alias));
   return compareDevices(snapshot.kernel, after, check);
 }
@@ -378,7 +394,7 @@ export function spawnWatcher(cliEntry: string, id: string, globals: string[]): n
   const child = spawn(process.execPath, args, {
     detached: true,
     stdio: "ignore",
-    env: { ...process.env, VIRTQOS_LOG: process.env.VIRTQOS_LOG ?? "syslog" },
+    env: detachedEnv(),
   });
   child.unref();
   return child.pid;

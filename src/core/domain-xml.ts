@@ -1,12 +1,15 @@
 import { XMLParser, XMLValidator } from "fast-xml-parser";
+import { VirtqosError } from "./errors.js";
 import type { DomainInfo, GuestInterface, LibvirtRate, MetadataInterface } from "./model.js";
 import { LIBVIRT_MAX_VALUE } from "./units.js";
 
 /** The namespace of virtqos's `<metadata>` element. `virsh metadata --uri` must use exactly this. */
 export const QOS_XMLNS = "https://virtqos.dev/xmlns/qos/1";
 
-export class DomainXmlError extends Error {
-  readonly code = "DOMAIN_XML_INVALID";
+export class DomainXmlError extends VirtqosError {
+  constructor(message: string) {
+    super("DOMAIN_XML_INVALID", message);
+  }
 }
 
 type Node = Record<string, unknown>;

@@ -7,7 +7,7 @@ import {
   classidOf,
   GROUP_HASH_BUCKETS,
   GROUP_HASH_TABLE,
-  groupLeafHandle,
+  groupLeafHandles,
   ROOT_HANDLE,
 } from "./tc/handles.js";
 import type { ObservedLink } from "./tc/normalise.js";
@@ -26,7 +26,8 @@ import { formatRate } from "./units.js";
 //       ├── 7651:2  unclassified frames (broadcast, unknown MACs): small rate, may borrow
 //       ├── 7651:1f child group: rate = floor|average, ceil = peak|average  (web: cliff+rob, 30 Mbit/s)
 //       │   ├── 7651:1a2 member: rate = floor, ceil = own ceiling|group's   (cliff, 15 Mbit/s guaranteed)
-//       │   │   └── 11a2: leaf qdisc (tbf/bfifo/sfq/fq_codel, handle = kind<<12 | minor)
+//       │   │   └── 41a2: leaf, handle = kind<<12 | minor (0 bfifo, 1 tbf, 2 sfq, 3 fq_codel, 4 tbf+fq_codel)
+//       │   │       └── 51a2: fq_codel under the GSO-splitting tbf 41a2: (parent 41a2:1), with fq_codel
 //       │   └── 7651:3c0 member ...                                         (rob, 15 Mbit/s guaranteed)
 //       └── 7651:2b child group ...                                         (solo: jason, 30 Mbit/s)
 //
@@ -54,7 +55,8 @@ export interface Admission {
   members: Map<string, TreeMember[]>;
   /** key|direction -> minor of admitted members from `desired`. */
   admitted: Map<string, number>;
-  problems: { code: string; iface: string; message: string; fix: string }[];
+  /** GROUP_ADMISSION errors: members shaped on their own, without their guarantee. */
+  problems: import("./errors.js").Diagnostic[];
   /** Trees whose top-level group left the policy while out-of-scope guests still use them: left untouched. */
   frozen: Set<string>;
 }
@@ -168,9 +170,10 @@ export function admitMembers(
     if (refusal) {
       result.problems.push({
         code: "GROUP_ADMISSION",
+        level: "error",
         iface: c.d.key,
+        direction: c.dir,
         message: `${c.d.domainName} ${c.d.mac}: ${c.dir} floor ${formatRate(c.m.floorBitsPerSec)} does not fit in group "${c.path.at(-1)}": members already hold ${formatRate(refusal.held)} of its ${formatRate(refusal.rate)}; shaped with its own limits, without a guarantee`,
-        fix: "lower the floors in the group, raise the group's average, or move the guest to another group",
       });
       continue;
     }
@@ -217,7 +220,7 @@ export function buildGroupTree(
     // A token guarantee only: it borrows what members leave, and adds nothing to the floors admission counts.
     htb: cls(NO_FLOOR_RATE_BITS, topCeil),
     leaf: defaultLeaf,
-    leafHandle: groupLeafHandle(defaultLeaf.kind, DEFAULT_MINOR),
+    ...groupLeafHandles(defaultLeaf, DEFAULT_MINOR),
   });
   const childIds = new Map<string, string>();
   const usedChild = new Set<number>();
@@ -245,7 +248,7 @@ export function buildGroupTree(
     const id = classidOf(m.limit.minor);
     const htb = cls(m.limit.floorBitsPerSec, m.limit.ceilBitsPerSec, m.limit.burstBytes);
     const leaf = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice, true).leaf;
-    classes.push({ classid: id, parent, htb, leaf, leafHandle: groupLeafHandle(leaf.kind, m.limit.minor) });
+    classes.push({ classid: id, parent, htb, leaf, ...groupLeafHandles(leaf, m.limit.minor) });
     filters.push({
       kind: "member",
       table: GROUP_HASH_TABLE,

@@ -1,4 +1,5 @@
 import { groupCeil } from "./admission.js";
+import type { Diagnostic } from "./errors.js";
 import type {
   DesiredInterface,
   DirectionLimit,
@@ -19,13 +20,6 @@ import { libvirtRateToBitsPerSec } from "./units.js";
 // Which group an interface belongs to, and its floor and ceiling there. Membership comes from the policy
 // (explicit members, selectors on domain name, libvirt network or bridge, a rule's `group:`) or from the
 // domain's metadata; an interface in two groups is an error naming both.
-
-export interface GroupProblem {
-  code: "GROUP_CONFLICT" | "GROUP_UNKNOWN";
-  iface: string;
-  message: string;
-  fix: string;
-}
 
 function glob(pattern: string): RegExp {
   const escaped = pattern
@@ -54,12 +48,12 @@ export function assignGroup(
   policy: Policy,
   domainRule: PolicyDomainRule | undefined,
   ifaceRule: PolicyInterfaceRule | undefined,
-): GroupProblem[] {
+): Diagnostic[] {
   const anyNamed =
     domain.metadataGroup || domain.metadata.some((m) => m.group) || domainRule?.group || ifaceRule?.group;
   if (!policy.groups.length && !anyNamed) return [];
   const byName = new Map(policy.groups.map((g) => [g.name, g]));
-  const problems: GroupProblem[] = [];
+  const problems: Diagnostic[] = [];
   const hits = new Map<string, string>();
   const label = `${domain.name} ${iface.mac ?? `#${iface.index}`}`;
   const named = (name: string | undefined, via: string) => {
@@ -68,9 +62,9 @@ export function assignGroup(
     if (!g) {
       problems.push({
         code: "GROUP_UNKNOWN",
+        level: "error",
         iface: desired.key,
         message: `${label}: group "${name}" named in ${via} is not defined in the policy; interface not grouped`,
-        fix: `define group "${name}" under \`groups:\` or fix the name`,
       });
       return;
     }
@@ -95,9 +89,9 @@ export function assignGroup(
     const list = [...hits].map(([g, via]) => `"${g}" (via ${via})`);
     problems.push({
       code: "GROUP_CONFLICT",
+      level: "error",
       iface: desired.key,
       message: `${label} matches groups ${list.join(" and ")}; an interface belongs to one group`,
-      fix: "narrow the selectors or memberships so only one group matches; the interface keeps its own limits meanwhile",
     });
     return problems;
   }
@@ -106,9 +100,9 @@ export function assignGroup(
   if (policy.groups.some((c) => c.parent === group.name)) {
     problems.push({
       code: "GROUP_UNKNOWN",
+      level: "error",
       iface: desired.key,
-      message: `${label}: "${group.name}" is a parent group; members belong to its child groups`,
-      fix: `put the interface in one of the child groups of "${group.name}"`,
+      message: `${label}: "${group.name}" is a parent group; members belong to its child groups, so put the interface in one of them`,
     });
     return problems;
   }

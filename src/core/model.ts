@@ -2,7 +2,6 @@
 // "inbound" = guest download (host transmits to the guest), "outbound" = guest upload.
 
 export type Direction = "inbound" | "outbound";
-export const DIRECTIONS: readonly Direction[] = ["inbound", "outbound"];
 
 /** Where a limit came from, highest precedence first. */
 export type LimitSource = "policy" | "metadata" | "bandwidth" | "defaults";
@@ -28,6 +27,11 @@ export interface DirectionLimit {
  * "vhostuser", ...). Kept as text: libvirt adds types, and virtqos names an unknown one in its warning.
  */
 export type InterfaceType = string;
+
+/** macvtap (type direct): host RX is the guest's download, so the two kernel hooks carry swapped directions. */
+export function swapsHooks(type: InterfaceType): boolean {
+  return type === "direct";
+}
 
 /** Raw libvirt `<inbound>`/`<outbound>` attributes, in libvirt units (kB/s, KiB). */
 export interface LibvirtRate {
@@ -61,7 +65,7 @@ export interface MetadataInterface {
   mac: string;
   inbound?: LibvirtRate;
   outbound?: LibvirtRate;
-  /** Group named in metadata (groups issue). */
+  /** Group named for this interface in metadata (`<qos><interface mac=... group=...>`). */
   group?: string;
 }
 
@@ -86,14 +90,14 @@ export interface DesiredInterface {
   type: InterfaceType;
   /** Host netdev (tap, vnetN, macvtapN); undefined before the tap exists or after it is gone. */
   dev?: string;
-  /** macvtap (type direct): host RX is guest download, so the two kernel hooks swap. */
+  /** swapsHooks(type), computed once when limits are resolved: on a macvtap the two kernel hooks swap. */
   swapped: boolean;
   ovs: boolean;
   inbound?: DirectionLimit;
   outbound?: DirectionLimit;
   /** Why this interface cannot be shaped (no host netdev), if so. */
   notEnforceable?: string;
-  /** Group membership per direction (groups issue). */
+  /** The group whose tree shapes this interface, and its share there per direction; undefined outside groups. */
   group?: GroupMembership;
   /** Directions that were given only a floor, outside any group: a guarantee there limits nothing. */
   floorOnly?: Direction[];
@@ -121,30 +125,60 @@ export interface MemberLimit {
   minor?: number;
 }
 
+/**
+ * What virtqos applied to one domain, as the planner decides it: the content of the state record
+ * (`<runDir>/domains/<uuid>.json`). What can be derived is left out: an interface's own IFB (`recordIfb` in
+ * plan/records.ts: named from domain UUID + MAC, there when a shaped direction is on the ingress hook) and
+ * whether its hooks swap (`swapsHooks`, from the type).
+ */
 export interface DomainRecord {
   domainName: string;
   domainUuid: string;
-  interfaces: {
-    mac: string;
-    dev?: string;
-    /** ifindex of dev when shaped: tap names are reused, ifindexes are not. */
-    ifindex?: number;
-    /** virtqos added the dev's clsact/ingress qdisc (so it may remove it again). */
-    createdHook?: boolean;
-    type: InterfaceType;
-    swapped: boolean;
-    inbound?: DirectionLimit;
-    outbound?: DirectionLimit;
-    ifb?: string;
-    group?: GroupMembership;
-    notEnforceable?: string;
-  }[];
+  interfaces: RecordInterface[];
   /**
    * Interfaces virtqos was asked to shape and refused (a foreign root qdisc or filter, a missing kernel
    * feature): kept so `status` keeps reporting them as not in force instead of forgetting them.
    */
   refused?: RefusedInterface[];
 }
+
+export interface RecordInterface {
+  mac: string;
+  dev?: string;
+  /** ifindex of dev when shaped: tap names are reused, ifindexes are not. */
+  ifindex?: number;
+  /** virtqos added the dev's clsact/ingress qdisc (so it may remove it again). */
+  createdHook?: boolean;
+  type: InterfaceType;
+  inbound?: DirectionLimit;
+  outbound?: DirectionLimit;
+  group?: GroupMembership;
+  notEnforceable?: string;
+}
+
+/** Who made the last change to a state record, and when. */
+export interface AppliedBy {
+  /** The way in: "hook", "cli", "tx" (a transaction's rollback), "api" (a library caller), "test"... */
+  door: string;
+  user?: string;
+  uid?: number;
+  pid?: number;
+  /** ISO 8601 time of the write. */
+  at: string;
+}
+
+/** What the state file adds around a record's content when it is written (adapters/state.ts). */
+export interface RecordStamp {
+  /** Format of the file (RECORD_VERSION in adapters/state.ts when written); one without the field reads as 1. */
+  version: number;
+  /** Bumped each time the record's content changes (0: never written with a generation, i.e. a version 1 file). */
+  generation: number;
+  /** The last change; absent on a version 1 file. */
+  appliedBy?: AppliedBy;
+}
+
+/** A record as read from its file. */
+export type StoredRecord = DomainRecord & RecordStamp;
 
 export interface RefusedInterface {
   mac: string;

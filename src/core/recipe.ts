@@ -19,12 +19,44 @@ export interface HtbClass {
   quantumBytes: number;
 }
 
+/** A qdisc virtqos puts under its GSO-splitting TBF (TBF's one class, `<tbf handle>1`). */
+export type ChildLeaf = { kind: "fq_codel" };
+
 export type Leaf =
   | { kind: "fq_codel" }
   | { kind: "sfq"; limitPackets: number }
   | { kind: "bfifo"; limitBytes: number }
-  /** A byte FIFO that splits GSO packets: TBF at a rate above the class's ceiling, so HTB alone sets the pace. */
-  | { kind: "tbf"; rateBytesPerSec: number; burstBytes: number; limitBytes: number };
+  /**
+   * TBF at twice the class's ceiling with a small burst (two frames; in front of fq_codel at least 1 ms at its
+   * rate), so HTB alone sets the pace: it exists to split GSO packets into frames at enqueue
+   * (net/sched/sch_tbf.c, tbf_segment: a GSO packet longer than the burst is segmented and every segment is
+   * enqueued to TBF's child qdisc). Without `child` it is a byte FIFO (TBF's default bfifo child, `limitBytes`
+   * deep); with one, `child` is grafted in its place and does the queueing:
+   * `limitBytes` then only sizes the default bfifo between TBF's creation and the graft (the kernel passes a
+   * changed limit on to FIFO children only: fifo_set_limit).
+   */
+  | {
+      kind: "tbf";
+      rateBytesPerSec: number;
+      burstBytes: number;
+      limitBytes: number;
+      child?: ChildLeaf;
+    };
+
+/**
+ * What a leaf is for handle purposes: its qdisc kind, or `tbf+<child>` for a TBF with a child qdisc. A TBF with
+ * a child is another recipe than a TBF FIFO and gets its own handle: `qdisc replace` with the same handle would
+ * change the TBF in place and keep whatever child it has.
+ */
+export type LeafKey = Leaf["kind"] | `tbf+${ChildLeaf["kind"]}`;
+export const leafKey = (leaf: Leaf): LeafKey =>
+  leaf.kind === "tbf" && leaf.child ? `tbf+${leaf.child.kind}` : leaf.kind;
+
+/** A leaf in words, as `virtqos doctor` names it: "fq_codel under a GSO-splitting tbf". */
+export function describeLeaf(leaf: Leaf): string {
+  if (leaf.kind === "tbf" && leaf.child) return `${leaf.child.kind} under a GSO-splitting tbf`;
+  return leaf.kind;
+}
 
 /** One Ethernet frame as tc accounts it (no FCS, no preamble). */
 export const FRAME_BYTES = 1514;
@@ -44,6 +76,24 @@ const JITTER_SECONDS = 0.01;
 const MAX_BURST_SHARE_OF_SECOND = 0.05;
 /** Queue delay the FIFO leaf may add under load; keeps ping p99 through a saturated link near 20 ms. */
 export const FIFO_TARGET_SECONDS = 0.02;
+/** fq_codel's target: the standing queue delay its AQM allows (the kernel's default, 5 ms). */
+export const FQ_CODEL_TARGET_SECONDS = 0.005;
+/**
+ * Below this ceiling one GSO packet takes longer than fq_codel's target to send (67,050 B / 5 ms = 13,410,000
+ * B/s, 107.28 Mbit/s), so fq_codel gets a GSO-splitting TBF in front of it. HTB dequeues whole packets from its
+ * leaf and then waits until the class has the tokens back: a ping that arrives behind a 64 KiB GSO packet waits
+ * for that packet's transmission time (54 ms at 10 Mbit/s) however well fq_codel schedules. Splitting costs a
+ * segmentation per GSO packet and frame-sized dequeues: at most ~8,900 frames/s below this rate.
+ */
+export const FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC = GSO_MAX_BYTES / FQ_CODEL_TARGET_SECONDS;
+/**
+ * The GSO-splitting TBF's bucket in front of fq_codel, as time at its own rate (twice the ceiling): 1 ms. TBF
+ * refills only when its watchdog fires, and a bucket shallower than the timer's lateness loses tokens for good:
+ * with two frames (121 µs at 200 Mbit/s) TCP reached 0.73-0.97 of 100 Mbit/s in the test VM, with 1 ms 0.99. It
+ * also bounds what passes unsplit (a GSO packet no longer than the bucket): 2 ms at the ceiling, below the 5 ms
+ * target. Never below two frames (at 10 Mbit/s that is 1.2 ms of bucket, and splitting into single frames).
+ */
+export const GSO_SPLIT_BUCKET_SECONDS = 0.001;
 /** HTB warns below 1000 and above 200000 ("quantum of class is big"); stay inside. */
 const QUANTUM_MIN = FRAME_BYTES;
 const QUANTUM_MAX = 200_000;
@@ -119,7 +169,10 @@ export interface LeafDecision {
   why: string;
 }
 
-/** fq_codel where the kernel has it, else sfq, else a FIFO bounded by queueing delay, not by packet count. */
+/**
+ * fq_codel where the kernel has it (under a GSO-splitting tbf below ~107 Mbit/s), else sfq, else a FIFO bounded
+ * by queueing delay, not by packet count.
+ */
 export function chooseLeaf(
   ceilBytesPerSec: number,
   caps: Capabilities,
@@ -131,21 +184,44 @@ export function chooseLeaf(
    */
   segmentGso = false,
 ): LeafDecision {
-  // A byte FIFO holding ~20 ms of data. Below ~54 Mbit/s that is less than two GSO packets (64 KiB each):
-  // a plain bfifo then drops whole GSO packets and TCP falls to ~90% of the limit, while counting packets
-  // (pfifo) lets 64 KiB packets queue for 280 ms. TBF splits GSO packets into frames before queueing them,
-  // which keeps both the latency bound and TCP at the limit; above the threshold a bfifo is cheaper.
+  const hasTbf = caps.qdiscs.includes("tbf");
+  // A byte FIFO holding ~20 ms of data, at least 10 frames.
+  const fifoLimitBytes = Math.min(
+    TC_SIZE_MAX_BYTES,
+    Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS)),
+  );
+  const gsoSplitter = (burstBytes: number, child?: ChildLeaf): Leaf => ({
+    kind: "tbf",
+    rateBytesPerSec: 2 * ceilBytesPerSec,
+    burstBytes,
+    limitBytes: fifoLimitBytes,
+    ...(child ? { child } : {}),
+  });
+  // Below ~54 Mbit/s the ~20 ms FIFO holds less than two GSO packets (64 KiB each): a plain bfifo then drops
+  // whole GSO packets and TCP falls to ~90% of the limit, while counting packets (pfifo) lets 64 KiB packets
+  // queue for 280 ms. TBF splits GSO packets into frames before queueing them, which keeps both the latency
+  // bound and TCP at the limit; above the threshold a bfifo is cheaper.
   const fifo = (why: string): LeafDecision => {
-    const limitBytes = Math.min(
-      TC_SIZE_MAX_BYTES,
-      Math.max(10 * FRAME_BYTES, Math.round(ceilBytesPerSec * FIFO_TARGET_SECONDS)),
-    );
-    if ((limitBytes >= 2 * GSO_MAX_BYTES && !segmentGso) || !caps.qdiscs.includes("tbf")) {
-      return { leaf: { kind: "bfifo", limitBytes }, why: `${why}: bfifo of ~20 ms` };
+    if ((fifoLimitBytes >= 2 * GSO_MAX_BYTES && !segmentGso) || !hasTbf) {
+      return { leaf: { kind: "bfifo", limitBytes: fifoLimitBytes }, why: `${why}: bfifo of ~20 ms` };
     }
     return {
-      leaf: { kind: "tbf", rateBytesPerSec: 2 * ceilBytesPerSec, burstBytes: 2 * FRAME_BYTES, limitBytes },
+      leaf: gsoSplitter(2 * FRAME_BYTES),
       why: `${why}: tbf as a GSO-splitting FIFO of ~20 ms (${segmentGso ? "group member: byte-fair borrowing" : "rate below 54 Mbit/s"})`,
+    };
+  };
+  // fq_codel, behind the GSO-splitting TBF where one GSO packet takes longer than fq_codel's 5 ms target at the
+  // ceiling (below ~107 Mbit/s), and for group members at every rate (byte-fair borrowing, as for the FIFO).
+  // Members keep the FIFO's bucket of two frames: what passes unsplit must stay within a small HTB quantum.
+  const fqCodel = (why: string): LeafDecision => {
+    const slow = ceilBytesPerSec < FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC;
+    if (!hasTbf || !(slow || segmentGso)) return { leaf: { kind: "fq_codel" }, why };
+    const bucket = Math.round(2 * ceilBytesPerSec * GSO_SPLIT_BUCKET_SECONDS);
+    return {
+      leaf: gsoSplitter(segmentGso ? 2 * FRAME_BYTES : Math.max(2 * FRAME_BYTES, bucket), {
+        kind: "fq_codel",
+      }),
+      why: `${why}; under a tbf at twice the rate that splits GSO packets into frames (${segmentGso ? "group member: byte-fair borrowing" : "below 107 Mbit/s a 64 KiB GSO packet takes longer than fq_codel's 5 ms target"})`,
     };
   };
   const sfq = (why: string): LeafDecision => ({
@@ -162,7 +238,7 @@ export function chooseLeaf(
   const hasSfq = caps.qdiscs.includes("sfq");
   switch (choice) {
     case "fq_codel":
-      if (hasFq) return { leaf: { kind: "fq_codel" }, why: "policy leaf: fq_codel" };
+      if (hasFq) return fqCodel("policy leaf: fq_codel");
       break;
     case "sfq":
       if (hasSfq) return sfq("policy leaf: sfq");
@@ -170,7 +246,7 @@ export function chooseLeaf(
     case "fifo":
       return fifo("policy leaf: fifo");
   }
-  if (hasFq) return { leaf: { kind: "fq_codel" }, why: "fq_codel available: flow isolation and AQM" };
+  if (hasFq) return fqCodel("fq_codel available: flow isolation and AQM");
   if (hasSfq) return sfq("no fq_codel; sfq available: flow fairness, queue bounded to ~20 ms");
   return fifo("neither fq_codel nor sfq in this kernel");
 }

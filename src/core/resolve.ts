@@ -1,12 +1,14 @@
-import { assignGroup, type GroupProblem } from "./groups.js";
-import type {
-  DesiredInterface,
-  Direction,
-  DirectionLimit,
-  DomainInfo,
-  GuestInterface,
-  LibvirtRate,
-  LimitSource,
+import type { Diagnostic } from "./errors.js";
+import { assignGroup } from "./groups.js";
+import {
+  type DesiredInterface,
+  type Direction,
+  type DirectionLimit,
+  type DomainInfo,
+  type GuestInterface,
+  type LibvirtRate,
+  type LimitSource,
+  swapsHooks,
 } from "./model.js";
 import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } from "./policy/types.js";
 import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
@@ -21,12 +23,12 @@ const HOST_NETDEV_TYPES = new Set(["bridge", "network", "ethernet", "direct"]);
 export interface ResolveResult {
   interfaces: DesiredInterface[];
   warnings: string[];
-  problems: GroupProblem[];
+  problems: Diagnostic[];
 }
 
 export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult {
   const warnings = [...domain.warnings];
-  const problems: GroupProblem[] = [];
+  const problems: Diagnostic[] = [];
   const domainRule = findDomainRule(domain, policy);
   const interfaces = domain.interfaces.map((iface): DesiredInterface => {
     const mac = iface.mac ?? `#${iface.index}`;
@@ -37,7 +39,7 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
       mac,
       type: iface.type,
       dev: iface.targetDev,
-      swapped: iface.type === "direct",
+      swapped: swapsHooks(iface.type),
       ovs: iface.virtualportType === "openvswitch",
     };
     const ifaceRule = domainRule?.interfaces.find((r) => matchesInterface(r, iface));

@@ -32,6 +32,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { MemberLimit } from "../../src/core/model.js";
 import { groupIfbName } from "../../src/core/names.js";
+import { recordIfb } from "../../src/core/plan.js";
 import {
   createLinuxBridge,
   createNetwork,
@@ -382,7 +383,7 @@ test(
       assert.equal(ri.mac, g.spec.mac, `${where}: record mac`);
       assert.equal(ri.dev, dev, `${where}: record dev`);
       assert.equal(ri.ifindex, await ifindexOf(dev), `${where}: record ifindex`);
-      assert.equal(ri.ifb, undefined, `${where}: no per-interface IFB in the record`);
+      assert.equal(recordIfb(g.uuid, ri), undefined, `${where}: no per-interface IFB in the record`);
       assert.equal(ri.group?.tree, tree, `${where}: record group tree`);
       assert.deepEqual(ri.group?.path, [tree], `${where}: record group path`);
       assert.equal(ri.group?.via, "select.domains", `${where}: record group via`);
@@ -719,7 +720,7 @@ test(
         t.diagnostic(`record of the refused member: ${JSON.stringify(rec.interfaces)}`);
         const ri = rec.interfaces[0];
         assert.equal(ri?.dev, dev, `${where}: record dev (so a stop removes its shaping)`);
-        assert.equal(ri?.ifb, ifb, `${where}: record names its IFB`);
+        assert.equal(ri && recordIfb(gExtra.uuid, ri), ifb, `${where}: record names its IFB`);
         assert.ok(
           ri?.group?.inbound?.minor === undefined && ri?.group?.outbound?.minor === undefined,
           `${where}: no group class in the record: ${JSON.stringify(ri?.group)}`,

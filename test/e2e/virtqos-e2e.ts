@@ -25,6 +25,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { StatusRow } from "../../src/app/status.js";
 import type { DomainRecord } from "../../src/core/model.js";
+import { recordIfb } from "../../src/core/plan.js";
 import {
   cleanupByPrefix,
   QEMU_HOOK_DIR,
@@ -212,7 +213,8 @@ export class HookTestHost {
       if (this.ourUuids.has(r.domainUuid)) continue;
       for (const i of r.interfaces) {
         if (i.dev) owned.add(i.dev);
-        if (i.ifb) owned.add(i.ifb);
+        const ifb = recordIfb(r.domainUuid, i);
+        if (ifb) owned.add(ifb);
       }
     }
     for (const l of await links()) {

@@ -23,6 +23,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { readdir, readFile, stat } from "node:fs/promises";
 import { test } from "node:test";
+import { recordIfb } from "../../src/core/plan.js";
 import {
   type Bandwidth,
   createLinuxBridge,
@@ -255,7 +256,7 @@ async function assertShaped(d: DomainCase): Promise<Map<string, Shaped>> {
     const i = rec.interfaces.find((x) => x.mac === mac);
     assert.ok(i, `record of ${d.name} has ${mac}`);
     assert.equal(i.dev, s.dev, `record of ${d.name} ${mac}: dev`);
-    assert.equal(i.ifb, s.ifb, `record of ${d.name} ${mac}: ifb`);
+    assert.equal(recordIfb(d.uuid, i), s.ifb, `record of ${d.name} ${mac}: ifb`);
     assert.equal(i.ifindex, s.ifindex, `record of ${d.name} ${mac}: ifindex`);
   }
   assert.equal(rec.interfaces.length, d.cases.length, `record of ${d.name}: one entry per interface`);

@@ -10,7 +10,7 @@ import { describe, test } from "node:test";
 import { processRunner } from "../../src/adapters/exec.js";
 import { observe } from "../../src/adapters/kernel.js";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
-import type { GroupProblem } from "../../src/core/groups.js";
+import type { Diagnostic } from "../../src/core/errors.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import { fnv1a64, groupIfbName, interfaceIfbName } from "../../src/core/names.js";
 import { type Op, type Plan, type PlanOptions, plan } from "../../src/core/plan/index.js";
@@ -163,7 +163,7 @@ const guestXml = (g: Guest, bandwidth = "") =>
 
 interface Step {
   desired: DesiredInterface[];
-  resolveProblems: GroupProblem[];
+  resolveProblems: Diagnostic[];
   scope: string[];
   policy: Policy;
   plan: Plan;
@@ -191,7 +191,7 @@ class Host {
   /** Plan (without applying) the given domains' XML; scope defaults to those domains. */
   plan(xmls: string[], scope?: string[], policy = this.policy): Step {
     const desired: DesiredInterface[] = [];
-    const resolveProblems: GroupProblem[] = [];
+    const resolveProblems: Diagnostic[] = [];
     const uuids: string[] = [];
     for (const x of xmls) {
       const domain = parseDomainXml(x);

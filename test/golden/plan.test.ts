@@ -8,7 +8,7 @@ import { describe, test } from "node:test";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import { formatIfbAlias, interfaceIfbName, parseIfbAlias } from "../../src/core/names.js";
-import { type Observed, type Plan, type PlanOptions, plan } from "../../src/core/plan/index.js";
+import { type Observed, type Plan, type PlanOptions, plan, recordIfb } from "../../src/core/plan/index.js";
 import { emptyPolicy, type Policy, parsePolicy } from "../../src/core/policy.js";
 import type { Capabilities } from "../../src/core/recipe.js";
 import { resolveDomain } from "../../src/core/resolve.js";
@@ -467,6 +467,58 @@ describe("golden: leaves and classifiers by capability", () => {
     });
   }
 
+  // fq_codel behind a GSO-splitting tbf (2x the ceiling, burst 1 ms of that and at least 2 frames, fq_codel
+  // grafted on tbf's class) where a 64 KiB GSO packet takes longer than fq_codel's 5 ms target at the ceiling
+  // (below ~107.28 Mbit/s); plain fq_codel above.
+  const fqRates: [string, number, RegExp[]][] = [
+    [
+      "fq-codel-10mbit",
+      1250,
+      [
+        /^qdisc replace dev \S+ parent 7651:1 handle 7656: tbf rate 20000000bit burst 3028 limit 25000$/,
+        /^qdisc replace dev \S+ parent 7656:1 handle 7657: fq_codel$/,
+      ],
+    ],
+    [
+      "fq-codel-100mbit",
+      12_500,
+      [
+        /^qdisc replace dev \S+ parent 7651:1 handle 7656: tbf rate 200000000bit burst 25000 limit 250000$/,
+        /^qdisc replace dev \S+ parent 7656:1 handle 7657: fq_codel$/,
+      ],
+    ],
+    ["fq-codel-200mbit", 25_000, [/^qdisc replace dev \S+ parent 7651:1 handle 7654: fq_codel$/]],
+  ];
+  for (const [name, kBps, leaf] of fqRates) {
+    test(`${name}: fq_codel leaf by rate on PRODUCTION`, () => {
+      const d = desired(
+        domainXml("web1", UUID_A, [
+          bridge(M.a1, "vnet1", { inbound: { average: kBps }, outbound: { average: kBps } }),
+        ]),
+      );
+      const c = runCase(d, PRODUCTION);
+      assert.deepEqual(c.plan.problems, []);
+      assertGolden(name, c.rendered);
+      for (const dev of ["vnet1", interfaceIfbName(UUID_A, M.a1)]) {
+        const leaves = c.rendered.tc.filter(
+          (l) => l.startsWith(`qdisc replace dev ${dev} parent `) && !/ root /.test(l),
+        );
+        assert.equal(leaves.length, leaf.length, `${dev}: ${leaves.join(" | ")}`);
+        for (const [i, l] of leaves.entries()) assert.match(l, leaf[i]);
+      }
+      assertIdempotent(c, d, PRODUCTION);
+    });
+  }
+
+  test("the split stops at 107.28 Mbit/s: a GSO packet (67,050 B) then takes 5 ms at the ceiling", () => {
+    const leafAt = (kBps: number) => {
+      const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: kBps } })]));
+      return runCase(d, PRODUCTION).rendered.tc.filter((l) => / parent 7651:1 /.test(l));
+    };
+    assert.match(leafAt(13_409).join("\n"), / tbf rate 214544000bit /);
+    assert.match(leafAt(13_410).join("\n"), / handle 7654: fq_codel$/);
+  });
+
   test("no-clsact: the old ingress qdisc carries the redirect", () => {
     const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
     const c = runCase(d, NO_CLSACT);
@@ -577,6 +629,66 @@ describe("golden: changes", () => {
     assert.deepEqual(plan(big.interfaces, c.kernel.observe(p.records), THIS_KERNEL, options(big)).ops, []);
   });
 
+  // Between the GSO-splitting tbf + fq_codel and plain fq_codel: the leaf is replaced under the other kind's
+  // handle, and a tbf's fq_codel child is grafted after the tbf it hangs on.
+  const fqChange = (fromKBps: number, toKBps: number) => {
+    const bw = (kBps: number) => ({ inbound: { average: kBps }, outbound: { average: kBps } });
+    const from = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", bw(fromKBps))]));
+    const c = runCase(from, PRODUCTION);
+    c.kernel.apply(c.plan.ops);
+    const to = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", bw(toKBps))]));
+    const p = plan(to.interfaces, c.kernel.observe(c.plan.records), PRODUCTION, options(to));
+    c.kernel.apply(p.ops);
+    assert.deepEqual(plan(to.interfaces, c.kernel.observe(p.records), PRODUCTION, options(to)).ops, []);
+    const leaves = (dev: string) =>
+      c.kernel.devs
+        .get(dev)
+        ?.qdiscs.filter((q) => q.parent !== "root" && q.parent !== "ffff:fff1")
+        .map((q) => `${q.kind} ${q.handle} ${q.parent}`)
+        .sort();
+    return { p, leaves };
+  };
+
+  test("change-fq-codel-unsplit: 10 -> 200 Mbit/s replaces tbf + fq_codel with fq_codel", () => {
+    const { p, leaves } = fqChange(1250, 25_000);
+    assertGolden("change-fq-codel-unsplit", render(p.ops));
+    assert.deepEqual(
+      p.ops.map((o) => o.op),
+      ["class-replace", "leaf-replace", "class-replace", "leaf-replace"],
+    );
+    assert.deepEqual(leaves("vnet1"), ["fq_codel 7654: 7651:1"], "the tbf went with its child");
+  });
+
+  test("change-fq-codel-split: 200 -> 10 Mbit/s puts fq_codel behind a tbf", () => {
+    const { p, leaves } = fqChange(25_000, 1250);
+    assertGolden("change-fq-codel-split", render(p.ops));
+    assert.deepEqual(
+      p.ops.map((o) => o.op),
+      ["class-replace", "leaf-replace", "leaf-replace", "class-replace", "leaf-replace", "leaf-replace"],
+    );
+    assert.deepEqual(leaves("vnet1"), ["fq_codel 7657: 7656:1", "tbf 7656: 7651:1"]);
+  });
+
+  test("change-fq-codel-rate: 10 -> 20 Mbit/s changes the tbf in place and keeps its fq_codel", () => {
+    const { p, leaves } = fqChange(1250, 2500);
+    assertGolden("change-fq-codel-rate", render(p.ops));
+    assert.ok(!p.ops.some((o) => o.op === "leaf-replace" && o.leaf.kind === "fq_codel"));
+    assert.deepEqual(leaves("vnet1"), ["fq_codel 7657: 7656:1", "tbf 7656: 7651:1"]);
+  });
+
+  test("a tbf that lost its fq_codel child gets it back, and nothing else changes", () => {
+    const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", { inbound: { average: 1250 } })]));
+    const c = runCase(d, PRODUCTION);
+    c.kernel.apply(c.plan.ops);
+    const tap = c.kernel.devs.get("vnet1");
+    assert.ok(tap);
+    tap.qdiscs = tap.qdiscs.filter((q) => q.kind !== "fq_codel");
+    const p = plan(d.interfaces, c.kernel.observe(c.plan.records), PRODUCTION, options(d));
+    assert.deepEqual(lines(render(p.ops)), [
+      "tc qdisc replace dev vnet1 parent 7656:1 handle 7657: fq_codel",
+    ]);
+  });
+
   test("change-remove-direction: dropping the upload limit removes the redirect and the IFB", () => {
     const d = desired(domainXml("web1", UUID_A, [bridge(M.a1, "vnet1", IN_OUT)]));
     const c = runCase(d, THIS_KERNEL);
@@ -642,7 +754,7 @@ describe("idempotence", () => {
     const again = plan(d.interfaces, c.kernel.observe(c.plan.records), THIS_KERNEL, options(d));
     assert.equal(again.records[0].interfaces[0].createdHook, true);
     assert.equal(again.records[0].interfaces[0].ifindex, 11);
-    assert.equal(again.records[0].interfaces[0].ifb, interfaceIfbName(UUID_A, M.a1));
+    assert.equal(recordIfb(UUID_A, again.records[0].interfaces[0]), interfaceIfbName(UUID_A, M.a1));
   });
 
   test("a changed rate replaces only the class", () => {
@@ -877,7 +989,7 @@ describe("golden: libvirt's own <bandwidth> already on the device (kernels with 
       problem.message,
       /u32 police filter \(rate 10 Mbit\/s.*\) at ingress prio 49152 runs before virtqos's redirect at prio 64000/,
     );
-    assert.match(problem.fix, /tc filter del dev vnet1 ingress prio 49152/);
+    assert.match(problem.message, /tc filter del dev vnet1 ingress prio 49152/);
     assert.deepEqual(opsFor(c.plan, `${UUID_A}/${M.a1}`), []);
     assert.ok(c.plan.ops.every((o) => o.dev !== "vnet1" && o.dev !== interfaceIfbName(UUID_A, M.a1)));
     assert.ok(opsFor(c.plan, `${UUID_A}/${M.a2}`).length > 0, "the other interface is still shaped");

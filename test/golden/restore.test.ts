@@ -188,9 +188,9 @@ const POLICY_WITH_ZED = SEED_001.replace(
   "      inbound: { floor: 10mbit }\n      outbound: { floor: 10mbit }\n",
 );
 
-function groupHost(names: Name[], policy = SEED_001, type = "bridge"): Host {
+function groupHost(names: Name[], policy = SEED_001, type = "bridge", caps = THIS_KERNEL): Host {
   const h = new Host(
-    THIS_KERNEL,
+    caps,
     parsePolicy(policy, "policy.yaml"),
     Object.values(GUESTS).map((g) => g.tap),
   );
@@ -265,6 +265,24 @@ describe("restore: group trees on the fake kernel", () => {
     assertRestores(again, () => again.apply([guestXml("zed")]));
   });
 
+  test("restore-group-fq-codel-member-leaves: members' fq_codel under their tbf comes back (PRODUCTION)", () => {
+    const h = groupHost(["cliff", "rob", "jason"], SEED_001, "bridge", PRODUCTION);
+    const leaves = h.kernel.devs.get(IFB.down)?.qdiscs.map((q) => `${q.kind} ${q.handle} ${q.parent}`);
+    const robMinor = h.records.get(GUESTS.rob.uuid)?.interfaces[0].group?.inbound?.minor;
+    assert.ok(robMinor !== undefined);
+    const m = robMinor.toString(16);
+    assert.ok(leaves?.includes(`tbf 4${m}: 7651:${m}`), `${leaves}`);
+    assert.ok(leaves?.includes(`fq_codel 5${m}: 4${m}:1`), `${leaves}`);
+    const ops = assertRestores(
+      h,
+      () => h.apply([], [GUESTS.rob.uuid]),
+      "restore-group-fq-codel-member-leaves",
+    );
+    assert.ok(
+      ops.some((o) => o.op === "leaf-replace" && o.parent === `4${m}:1` && o.leaf.kind === "fq_codel"),
+    );
+  });
+
   for (const type of ["ethernet", "direct"]) {
     test(`members on ${type} interfaces (hooks ${type === "direct" ? "swapped" : "as on a bridge"})`, () => {
       const h = groupHost(["cliff", "jason"], SEED_001, type);
@@ -303,6 +321,7 @@ const TYPES: { name: string; spec: Omit<IfaceSpec, "bandwidth"> }[] = [
 ];
 const BW_A = "<inbound average='3750'/><outbound average='1250'/>"; // 30 Mbit/s down, 10 up
 const BW_B = "<inbound average='2500' peak='5000' burst='256'/><outbound average='625'/>"; // 20 (40) down, 5 up
+const BW_FAST = "<inbound average='25000'/><outbound average='25000'/>"; // 200 Mbit/s both ways
 
 describe("restore: per-interface trees on the fake kernel", () => {
   for (const { name, spec } of TYPES) {
@@ -323,6 +342,20 @@ describe("restore: per-interface trees on the fake kernel", () => {
     test(`${name}: shaped for the first time`, () => {
       const h = new Host(THIS_KERNEL, emptyPolicy(), [spec.dev]);
       assertRestores(h, () => h.apply([xml(BW_A)]));
+    });
+    test(`${name}: fq_codel under its tbf, rates change (the tbf changes in place)`, () => {
+      const h = host(PRODUCTION);
+      assertRestores(h, () => h.apply([xml(BW_B)]));
+    });
+    test(`${name}: fq_codel under its tbf becomes plain fq_codel above ~107 Mbit/s, and back`, () => {
+      const h = host(PRODUCTION);
+      assertRestores(
+        h,
+        () => h.apply([xml(BW_FAST)]),
+        name === "bridge" ? "restore-fq-codel-unsplit" : undefined,
+      );
+      h.apply([xml(BW_FAST)]);
+      assertRestores(h, () => h.apply([xml(BW_A)]), name === "bridge" ? "restore-fq-codel-split" : undefined);
     });
     test(`${name}: the leaf kind changes (fq_codel to sfq)`, () => {
       const h = host(PRODUCTION);

@@ -1,10 +1,11 @@
 // A small fake kernel for the golden tests (test/golden/*.test.ts): state as tc keeps it, read back through the
 // same parsers observe() uses (tc JSON for links, qdiscs and filters, `tc -d class show` text for HTB classes),
 // with tc's rounding of rates and sizes. It knows the per-interface recipes (HTB, tbf/bfifo/sfq/fq_codel leaves,
-// clsact/ingress hooks, u32/matchall redirects and police) and the group trees' u32 classification filters on the
-// root qdisc, with the kernel's rules (kernel 6.18, checked): a hash table linked from a node cannot be deleted,
-// deleting the last node of a priority removes the whole priority, HTB refuses to delete a class a filter points
-// to. Everything it changes is journaled, so a sequence can be replayed on the real kernel.
+// fq_codel as a tbf's child, clsact/ingress hooks, u32/matchall redirects and police) and the group trees' u32
+// classification filters on the root qdisc, with the kernel's rules (kernel 6.18, checked): a hash table linked
+// from a node cannot be deleted, deleting the last node of a priority removes the whole priority, HTB refuses to
+// delete a class a filter points to, a qdisc replaced under another handle goes with the qdiscs under it.
+// Everything it changes is journaled, so a sequence can be replayed on the real kernel.
 //
 // Also here: the golden-file helpers both golden test files use (expected output in test/golden/expected/).
 
@@ -238,12 +239,15 @@ export class FakeKernel {
         if (d.tree.some((f) => f.flowid === op.classid))
           throw new Error(`class-del ${op.classid}: HTB class in use`);
         d.classes = d.classes.filter((c) => c.classid !== op.classid);
-        d.qdiscs = d.qdiscs.filter((q) => q.parent !== op.classid);
+        const leaf = d.qdiscs.find((q) => q.parent === op.classid);
+        d.qdiscs = d.qdiscs.filter((q) => q !== leaf && !(leaf && isUnder(d.qdiscs, q, leaf)));
         return;
       }
       case "leaf-replace": {
         const d = this.dev(op.dev);
-        if (!d.classes.some((c) => c.classid === op.parent))
+        // An HTB class, or the one class of a TBF (`<tbf handle>1`), which takes a child qdisc.
+        const tbfClass = d.qdiscs.some((q) => q.kind === "tbf" && `${q.handle}1` === op.parent);
+        if (!d.classes.some((c) => c.classid === op.parent) && !tbfClass)
           throw new Error(`leaf-replace: class ${op.parent} missing`);
         const l = op.leaf;
         this.need("qdiscs", l.kind);
@@ -271,8 +275,19 @@ export class FakeKernel {
         const clash = d.qdiscs.find((q) => q.handle === op.handle && q.parent !== op.parent);
         if (clash)
           throw new Error(`leaf-replace ${op.dev} ${op.handle}: handle in use under ${clash.parent}`);
+        const old = d.qdiscs.find((q) => q.parent === op.parent);
+        // The same handle is a change in place (tc_modify_qdisc): the kind must match ("Invalid argument"), and
+        // the qdisc keeps its children (a TBF's child stays; the kernel passes a new limit to FIFO children only).
+        if (old?.handle === op.handle) {
+          if (old.kind !== l.kind)
+            throw new Error(`leaf-replace ${op.dev} ${op.handle}: Specified qdisc kind is different`);
+          old.options = options;
+          return;
+        }
+        // Another handle grafts a new qdisc: the old one goes with everything under it. A new TBF gets the
+        // default bfifo child, which the kernel does not list.
         d.qdiscs = [
-          ...d.qdiscs.filter((q) => q.parent !== op.parent),
+          ...d.qdiscs.filter((q) => q !== old && !(old && isUnder(d.qdiscs, q, old))),
           { kind: l.kind, handle: op.handle, parent: op.parent, options },
         ];
         return;
@@ -452,12 +467,28 @@ export class FakeKernel {
       devices.set(d.name, {
         dev: d.name,
         qdiscs: qdiscs.get(d.name) ?? [],
-        classes: parseClasses(d.classes.map((c) => classLine(c, d)).join("\n")),
+        classes: parseClasses(
+          [...d.classes.map((c) => classLine(c, d)), ...d.qdiscs.flatMap((q) => tbfClassLine(q, d))].join(
+            "\n",
+          ),
+        ),
         filters,
       });
     }
     return { links, devices, records };
   }
+}
+
+/** Whether `q` hangs, directly or further down, on a class of `top` (a TBF's child hangs on `<tbf handle>1`). */
+function isUnder(all: KQdisc[], q: KQdisc, top: KQdisc): boolean {
+  let major = `${q.parent.split(":")[0]}:`;
+  for (let n = 0; n < 8; n++) {
+    if (major === top.handle) return true;
+    const up = all.find((x) => x.handle === major);
+    if (!up) return false;
+    major = `${up.parent.split(":")[0]}:`;
+  }
+  return false;
 }
 
 /** Through JSON text and back, as the real output is parsed. */
@@ -528,7 +559,8 @@ const tick2time = (ticks: number) => Math.floor(ticks / TICKS_PER_US);
  * and tc prints it back through tc_calc_xmitsize: 62500 bytes at 30 Mbit/s come back as 62493.
  */
 export function ticksRoundTrip(bytesPerSec: number, bytes: number): number {
-  const ticks = Math.floor(Math.floor((1e6 * bytes) / bytesPerSec) * TICKS_PER_US);
+  // tc_calc_xmittime in tc's double arithmetic: 1e6 * (size / rate), truncated.
+  const ticks = Math.floor(Math.floor(1e6 * (bytes / bytesPerSec)) * TICKS_PER_US);
   return Math.floor((bytesPerSec * tick2time(ticks)) / 1e6);
 }
 
@@ -559,6 +591,16 @@ function classLine(c: KClass, d: KDev): string {
     `burst ${burst}/1 mpu 0b cburst ${cburst}/1 mpu 0b level 0 \n` +
     " Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n backlog 0b 0p requeues 0\n lended: 0 borrowed: 0 giants: 0\n tokens: 1 ctokens: 1"
   );
+}
+
+/** A TBF's one class as `tc -d -s class show` lists it among the HTB classes (kernel 6.18, checked). */
+function tbfClassLine(q: KQdisc, d: KDev): string[] {
+  if (q.kind !== "tbf") return [];
+  const child = d.qdiscs.find((x) => x.parent === `${q.handle}1`);
+  return [
+    `class tbf ${q.handle}1 parent ${q.handle} ${child ? `leaf ${child.handle} ` : ""}\n` +
+      " Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n backlog 0b 0p requeues 0",
+  ];
 }
 
 /** `tc -j filter show dev X ingress|egress` as iproute2 6.1 prints it for u32/matchall with mirred or police. */

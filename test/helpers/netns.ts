@@ -32,7 +32,13 @@ export async function harness(lab: Lab, caps?: Capabilities): Promise<Harness> {
     runDir,
     runner,
     caps: probed,
-    ctx: { runner, runDir, log: createLogger({ level: "debug", target: "silent" }), caps: probed },
+    ctx: {
+      runner,
+      runDir,
+      log: createLogger({ level: "debug", target: "silent" }),
+      caps: probed,
+      who: { uid: process.getuid?.() ?? -1, user: "test", door: "test" },
+    },
     cleanup: () => rmSync(runDir, { recursive: true, force: true }),
   };
 }

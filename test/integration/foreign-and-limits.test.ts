@@ -145,6 +145,34 @@ describe("a foreign filter before virtqos's redirect", { skip: SKIP_NOT_ROOT }, 
     await tc("filter", "del", "dev", g.tap, "ingress", "prio", "100");
     await removeDomain(h, uuid);
   });
+
+  test("status judges each direction on its own: a deleted root qdisc leaves the upload row in force", async () => {
+    const g = lab.guests[0];
+    const uuid = uuidFor("perdir");
+    const tc = (...args: string[]) => run("tc", ["-n", lab.hostNs, ...args]);
+    const xml = domainXml("perdir", uuid, [
+      { guest: g, bridge: lab.bridge, inbound: { average: 1250 }, outbound: { average: 1250 } },
+    ]);
+    await applyXml(h, [xml]);
+    const byDir = async () =>
+      Object.fromEntries(
+        (await collectStatus(h.runner, h.runDir, h.caps, emptyPolicy())).map((r) => [r.direction, r.matches]),
+      );
+    assert.deepEqual(await byDir(), { inbound: true, outbound: true });
+    // The download is shaped on the tap's root (gone), the upload on the IFB behind the ingress hook (kept).
+    await tc("qdisc", "del", "dev", g.tap, "root");
+    assert.deepEqual(await byDir(), { inbound: false, outbound: true });
+    await applyXml(h, [xml]);
+    assert.deepEqual(await byDir(), { inbound: true, outbound: true });
+    // And the other way round: the redirect to the IFB gone, the download still in force.
+    const filters = JSON.parse(
+      (await run("tc", ["-n", lab.hostNs, "-j", "filter", "show", "dev", g.tap, "ingress"])).stdout,
+    );
+    const prio = filters.find((f: { options?: unknown }) => f.options)?.pref;
+    await tc("filter", "del", "dev", g.tap, "ingress", "prio", String(prio));
+    assert.deepEqual(await byDir(), { inbound: true, outbound: false });
+    await removeDomain(h, uuid);
+  });
 });
 
 describe("the edges of libvirt's range on the real tc", { skip: SKIP_NOT_ROOT }, () => {

@@ -133,6 +133,7 @@ describe("restore on the real kernel", { skip: SKIP_NOT_ROOT }, () => {
       h.runDir,
       records1,
       now.filter((u) => !records1.some((x) => x.domainUuid === u)),
+      { door: "test" },
     );
   }
 

@@ -152,9 +152,15 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     const first = await applyXml(h, [xml]);
     assert.ok(first.applied && first.plan.ops.length > 0);
     const dumpBefore = await tcDump(lab.hostNs, a.tap);
+    const recordOf = () => loadRecords(h.runDir).find((r) => r.domainUuid === uuid);
+    const record1 = recordOf();
+    assert.equal(record1?.version, 2);
+    assert.equal(record1?.generation, 1);
+    assert.equal(record1?.appliedBy?.door, "test");
     const second = await applyXml(h, [xml]);
     assert.deepEqual(second.plan.ops, [], "second apply planned operations");
     assert.equal(await tcDump(lab.hostNs, a.tap), dumpBefore);
+    assert.deepEqual(recordOf(), record1, "an unchanged record is not rewritten");
     // A changed limit changes only what differs, in place.
     const changed = await applyXml(h, [
       domainXml("idem", uuid, [
@@ -171,6 +177,7 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
       changed.plan.ops.every((o) => o.op === "class-replace" || o.op === "leaf-replace"),
       JSON.stringify(changed.plan.ops),
     );
+    assert.equal(recordOf()?.generation, 2, "a changed record counts one more generation");
     await removeDomain(h, uuid);
   });
 
@@ -283,6 +290,20 @@ describe("apply semantics on real devices", { skip: SKIP_NOT_ROOT }, () => {
     const clean = await tcDump(lab.hostNs, a.tap);
     const r2 = await applyXml(h, [xml20], undefined, { caps: lying });
     assert.equal(r2.failure?.restored, true);
+    assert.match(r2.failure?.line ?? "", /fq_codel/);
+    assert.equal(await tcDump(lab.hostNs, a.tap), clean);
+    assert.deepEqual(await ifbsIn(lab.hostNs), []);
+    await removeDomain(h, uuid);
+    // Outbound only (the guest's upload, shaped on an IFB): the tap's lines pass, the failing line is on the
+    // IFB, which tc gets in the same process once ip has created it. The report names that line; the
+    // redirect and the IFB are gone again.
+    const xmlIn = domainXml("rb", uuid, [{ guest: a, bridge: lab.bridge, outbound: { average: 2500 } }]);
+    const r3 = await applyXml(h, [xmlIn], undefined, { caps: lying });
+    assert.equal(r3.failure?.restored, true);
+    assert.equal(r3.failure?.tool, "tc");
+    assert.match(r3.failure?.line ?? "", /fq_codel/);
+    assert.doesNotMatch(r3.failure?.line ?? "", new RegExp(`dev ${a.tap} `), "the failing line is the IFB's");
+    assert.ok((r3.failure?.lineNumber ?? 0) > 1, "the tap's lines ran first, in the same tc process");
     assert.equal(await tcDump(lab.hostNs, a.tap), clean);
     assert.deepEqual(await ifbsIn(lab.hostNs), []);
   });

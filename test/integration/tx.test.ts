@@ -136,6 +136,8 @@ describe("transactions on real devices", { skip: SKIP_NOT_ROOT }, () => {
     const ifbsBefore = await ifbsIn(w.lab.hostNs);
     assert.equal(ifbsBefore.length, 3, "a's upload IFB and the group's two IFBs");
 
+    const uuidA = parseDomainXml(w.xml.get("a") ?? "").uuid;
+    const recordA = () => loadRecords(w.h.runDir).find((x) => x.domainUuid === uuidA);
     const tx = await txBegin(w.ctx);
     assert.equal(readOpenTx(w.stateDir)?.id, tx.id);
     await assert.rejects(txBegin(w.ctx), /already open/);
@@ -148,9 +150,13 @@ describe("transactions on real devices", { skip: SKIP_NOT_ROOT }, () => {
     assert.match(await tcDump(w.lab.hostNs, d.tap), /7651:/, "d is shaped under P2");
     assert.notDeepEqual(await dumps(w, [a, b, c]), before, "P2 changed the kernel");
 
+    const generationInTx = recordA()?.generation ?? 0;
     const r = await txRollback(w.ctx);
     assert.deepEqual(r.differences, []);
     assert.equal(r.entry.verified, true);
+    // a's record is back as at `begin`, written by the rollback: one generation more, never back to the old one.
+    assert.equal(recordA()?.appliedBy?.door, "tx");
+    assert.equal(recordA()?.generation, generationInTx + 1);
     assert.equal(readFileSync(w.policyFile, "utf8"), P1, "policy file byte-identical");
     const now = await dumps(w, [a, b, c]);
     for (const [dev, dump] of before) assert.equal(now.get(dev), dump, `${dev} differs from the snapshot`);

@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { loadPolicyCached } from "../../src/adapters/policy-file.js";
+import { ERRORS } from "../../src/core/errors.js";
 import { PolicyError, parsePolicy } from "../../src/core/policy.js";
-import { ERRORS } from "../../src/errors.js";
 import { DEFAULT_HOOK_TIMEOUT_MS, HookDeadline } from "../../src/hook.js";
 
 // `hookTimeout` in the policy file and the hook's deadline (the processes themselves: test/integration/hook-exit).
@@ -59,7 +59,7 @@ test("the cached policy carries hookTimeout (the hook reads it from there)", asy
 });
 
 test("HOOK_TIMEOUT is in the error catalogue", () => {
-  assert.equal(ERRORS.HOOK_TIMEOUT?.exitCode, 1);
+  assert.equal(ERRORS.HOOK_TIMEOUT.exitCode, 1);
 });
 
 test("HookDeadline counts from its start and can be re-armed until it expires", async () => {

@@ -51,7 +51,7 @@ describe("diffHooks", () => {
     );
     assert.ok("problem" in r);
     assert.equal(r.problem.code, "INGRESS_QDISC_FOREIGN");
-    assert.match(r.problem.fix, /tc qdisc del dev vnet1 ingress/);
+    assert.match(r.problem.message, /tc qdisc del dev vnet1 ingress/);
   });
 
   test("a foreign filter the kernel runs first (libvirt's police at 49152) refuses the interface", () => {
@@ -61,7 +61,7 @@ describe("diffHooks", () => {
     assert.ok("problem" in r);
     assert.equal(r.problem.code, "INGRESS_FILTER_FOREIGN");
     assert.match(r.problem.message, /police filter \(rate 8 Mbit\/s, libvirt's <bandwidth>/);
-    assert.match(r.problem.fix, /tc filter del dev vnet1 ingress prio 49152/);
+    assert.match(r.problem.message, /tc filter del dev vnet1 ingress prio 49152/);
     // Not when restoring what was there, and not for a filter that runs after virtqos's.
     assert.ok("ops" in diffHooks("vnet1", [redirect("ingress", "vqu")], obs, THIS_KERNEL, false, false));
     const later = device("vnet1", {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import type { Diagnostic } from "../../src/core/errors.js";
 import type { DomainRecord } from "../../src/core/model.js";
 import { finishRecords, markCreatedHooks } from "../../src/core/plan/records.js";
 import { limit } from "../helpers/plan-fixtures.js";
@@ -9,7 +10,7 @@ const B = "bbbbbbbb-0000-4000-8000-000000000002";
 const rec = (uuid: string, macs: string[], extra: object = {}): DomainRecord => ({
   domainName: uuid.slice(0, 1),
   domainUuid: uuid,
-  interfaces: macs.map((mac, i) => ({ mac, dev: `vnet${i}`, type: "bridge", swapped: false, ...extra })),
+  interfaces: macs.map((mac, i) => ({ mac, dev: `vnet${i}`, type: "bridge", ...extra })),
 });
 
 describe("markCreatedHooks", () => {
@@ -29,7 +30,9 @@ describe("finishRecords", () => {
       [A, rec(A, ["m0", "m1"], { inbound: limit(10) })],
       [B, rec(B, [])],
     ]);
-    const problems = [{ code: "ROOT_QDISC_FOREIGN", iface: `${A}/m1`, message: "foreign root", fix: "" }];
+    const problems: Diagnostic[] = [
+      { code: "ROOT_QDISC_FOREIGN", level: "error", iface: `${A}/m1`, message: "foreign root" },
+    ];
     const { keep, forget } = finishRecords(records, [], [A, B], problems, new Set([`${A}/m1`]));
     assert.deepEqual(forget, [B]);
     assert.equal(keep.length, 1);

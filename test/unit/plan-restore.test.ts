@@ -75,6 +75,29 @@ describe("treeFromObserved", () => {
     ]);
   });
 
+  test("a tbf leaf with fq_codel on its class reads back as the GSO-splitting stage, child handle and all", () => {
+    const tbf = {
+      kind: "tbf",
+      handle: "7656:",
+      parent: "7651:1",
+      options: { rate: 2_500_000, burst: 3027, lat: 8789 },
+    };
+    const fq = { kind: "fq_codel", handle: "7657:", parent: "7656:1", options: { limit: 10240 } };
+    const t = treeFromObserved(
+      device("vnet1", { qdiscs: [root, fq, tbf], classes: [cls("7651:1", "7651:")] }),
+    );
+    const c = t?.classes[0];
+    assert.equal(c?.leafHandle, "7656:");
+    assert.equal(c?.leafChildHandle, "7657:");
+    assert.deepEqual(c?.leaf?.kind === "tbf" && c.leaf.child, { kind: "fq_codel" });
+    // The default bfifo a tbf makes for itself is not listed: a tbf alone is the TBF FIFO.
+    const alone = treeFromObserved(
+      device("vnet1", { qdiscs: [root, tbf], classes: [cls("7651:1", "7651:")] }),
+    );
+    assert.equal(alone?.classes[0].leafChildHandle, undefined);
+    assert.equal(alone?.classes[0].leaf?.kind === "tbf" && alone.classes[0].leaf.child, undefined);
+  });
+
   test("bucket sizes as tc would show them again: 62493 read, a size that shows 62493 given", () => {
     const htb = treeFromObserved(GROUP_IFB)?.classes[0].htb;
     assert.equal(htb?.cburstBytes, 67_050, "a size that shows as itself is kept");

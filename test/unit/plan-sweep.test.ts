@@ -11,7 +11,7 @@ const inScope = (uuid: string | undefined) => uuid === A;
 const record = (uuid: string, dev: string, ifindex?: number) => ({
   domainName: uuid.slice(0, 1),
   domainUuid: uuid,
-  interfaces: [{ mac: "52:54:00:00:00:01", dev, ifindex, type: "bridge", swapped: false }],
+  interfaces: [{ mac: "52:54:00:00:00:01", dev, ifindex, type: "bridge" }],
 });
 const ifaceIfb = (name: string, uuid: string, dev: string) =>
   link(name, {

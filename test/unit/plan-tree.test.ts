@@ -67,7 +67,7 @@ function change(tree: Tree, next: Tree): string[] {
 }
 
 describe("diffTree", () => {
-  test("a foreign root qdisc is someone else's: refused, with the fix", () => {
+  test("a foreign root qdisc is someone else's: refused, with the tc line that removes it", () => {
     const res = diffTree(
       "vnet1",
       groupTree([]),
@@ -76,7 +76,7 @@ describe("diffTree", () => {
     );
     assert.ok("problem" in res);
     assert.equal(res.problem.code, "ROOT_QDISC_FOREIGN");
-    assert.match(res.problem.fix, /tc qdisc del dev vnet1 root/);
+    assert.match(res.problem.message, /tc qdisc del dev vnet1 root/);
   });
 
   test("from nothing: root, then classes (parents first) and leaves, then the table, link and members", () => {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { groupIfbName, interfaceIfbName } from "../../src/core/names.js";
+import { recordIfb } from "../../src/core/plan/records.js";
 import { hookFor, interfaceWants } from "../../src/core/plan/wants.js";
 import { NO_IFB, PRODUCTION, THIS_KERNEL } from "../helpers/caps.js";
 import { iface, limit, link, links, MAC, UUID } from "../helpers/plan-fixtures.js";
@@ -33,8 +34,10 @@ describe("interfaceWants", () => {
     assert.equal(w.ifbs.get(ifb)?.tree.classes[0].htb.rateBytesPerSec, 10e6 / 8);
     assert.equal(w.ifbs.get(ifb)?.alias, `virtqos/1,iface,${UUID},${MAC},vnet1`);
     const rec = w.records.get(UUID)?.interfaces[0];
-    assert.equal(rec?.ifb, ifb);
-    assert.equal(rec?.inbound?.rateBitsPerSec, 30e6);
+    assert.ok(rec);
+    assert.ok(!("ifb" in rec) && !("swapped" in rec), "derivable fields are not recorded");
+    assert.equal(recordIfb(UUID, rec), ifb);
+    assert.equal(rec.inbound?.rateBitsPerSec, 30e6);
     assert.deepEqual([w.problems, w.notes], [[], []]);
   });
 
@@ -45,6 +48,8 @@ describe("interfaceWants", () => {
     const ifb = interfaceIfbName(UUID, MAC);
     assert.equal(w.devices.get("macvtap1")?.tree?.classes[0].htb.rateBytesPerSec, 10e6 / 8);
     assert.equal(w.ifbs.get(ifb)?.tree.classes[0].htb.rateBytesPerSec, 30e6 / 8);
+    const rec = w.records.get(UUID)?.interfaces[0];
+    assert.equal(rec && recordIfb(UUID, rec), ifb);
   });
 
   test("police: a police filter on the ingress hook, no IFB; refused where the kernel lacks police", () => {
@@ -71,7 +76,11 @@ describe("interfaceWants", () => {
       ["IFB_UNAVAILABLE"],
     );
     assert.ok(w.devices.get("vnet1")?.tree);
-    assert.equal(w.records.get(UUID)?.interfaces[0].ifb, undefined);
+    // The problem names the interface: finishRecords moves it to `refused` (plan-records.test.ts).
+    assert.deepEqual(
+      w.problems.map((p) => p.iface),
+      [`${UUID}/${MAC}`],
+    );
   });
 
   test("a group member: redirects into the group's IFBs (egress 64001 for download), no tree of its own", () => {
@@ -112,12 +121,12 @@ describe("interfaceWants", () => {
       iface({ key: "d", inbound: limit(1, { burstBytes: 2 ** 31 }) }),
     ]);
     assert.deepEqual(
-      w.notes.map((n) => [n.iface, n.level]),
+      w.notes.map((n) => [n.iface, n.level, n.code]),
       [
-        ["a", "warning"],
-        ["b", "warning"],
-        ["c", "info"],
-        ["d", "warning"],
+        ["a", "warning", "NOT_ENFORCEABLE"],
+        ["b", "warning", "NO_LIMITS"],
+        ["c", "info", "DEVICE_ABSENT"],
+        ["d", "warning", "BURST_ADJUSTED"],
       ],
     );
     assert.match(w.notes[3].message, /inbound burst lowered from/);

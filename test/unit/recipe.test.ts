@@ -3,10 +3,14 @@ import { describe, test } from "node:test";
 import {
   burstFor,
   chooseLeaf,
+  describeLeaf,
   FIFO_TARGET_SECONDS,
+  FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC,
   FRAME_BYTES,
   GSO_MAX_BYTES,
+  GSO_SPLIT_BUCKET_SECONDS,
   htbClass,
+  leafKey,
   quantumFor,
   TC_BUCKET_MAX_SECONDS,
 } from "../../src/core/recipe.js";
@@ -105,8 +109,70 @@ describe("htbClass", () => {
 describe("chooseLeaf", () => {
   const ceil = mbit(100);
 
-  test("auto: fq_codel where available", () => {
-    assert.deepEqual(chooseLeaf(ceil, PRODUCTION, "auto").leaf, { kind: "fq_codel" });
+  test("auto: fq_codel where available (plain above ~107 Mbit/s)", () => {
+    assert.deepEqual(chooseLeaf(mbit(200), PRODUCTION, "auto").leaf, { kind: "fq_codel" });
+    assert.equal(leafKey(chooseLeaf(ceil, PRODUCTION, "auto").leaf), "tbf+fq_codel");
+  });
+
+  test("fq_codel below ~107 Mbit/s sits under a GSO-splitting tbf at twice the ceiling", () => {
+    for (const rate of [0.008, 1, 10, 30, 100, 107]) {
+      const d = chooseLeaf(mbit(rate), PRODUCTION, "auto");
+      assert.deepEqual(
+        d.leaf,
+        {
+          kind: "tbf",
+          rateBytesPerSec: 2 * mbit(rate),
+          // 1 ms at the tbf's rate, at least two frames: 3028 B up to ~12 Mbit/s, 25,000 B at 100 Mbit/s.
+          burstBytes: Math.max(2 * FRAME_BYTES, Math.round(2 * mbit(rate) * GSO_SPLIT_BUCKET_SECONDS)),
+          limitBytes: Math.max(10 * FRAME_BYTES, Math.round(mbit(rate) * FIFO_TARGET_SECONDS)),
+          child: { kind: "fq_codel" },
+        },
+        `${rate} Mbit/s`,
+      );
+      assert.match(d.why, /fq_codel available.*GSO/);
+      assert.equal(describeLeaf(d.leaf), "fq_codel under a GSO-splitting tbf");
+    }
+    // The policy's explicit fq_codel gets the same.
+    assert.equal(leafKey(chooseLeaf(mbit(10), PRODUCTION, "fq_codel").leaf), "tbf+fq_codel");
+  });
+
+  test("the split stops where a GSO packet takes fq_codel's 5 ms target at the ceiling", () => {
+    assert.equal(FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC, GSO_MAX_BYTES / 0.005); // 107.28 Mbit/s
+    const at = FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC;
+    assert.equal(leafKey(chooseLeaf(at - 1, PRODUCTION, "auto").leaf), "tbf+fq_codel");
+    for (const b of [at, mbit(108), mbit(1000), mbit(10000)])
+      assert.deepEqual(chooseLeaf(b, PRODUCTION, "auto").leaf, { kind: "fq_codel" });
+  });
+
+  test("the tbf's bucket: 1 ms at its rate, at least two frames", () => {
+    assert.equal(GSO_SPLIT_BUCKET_SECONDS, 0.001);
+    const burst = (rate: number) => {
+      const { leaf } = chooseLeaf(mbit(rate), PRODUCTION, "auto");
+      return leaf.kind === "tbf" ? leaf.burstBytes : undefined;
+    };
+    assert.equal(burst(10), 3028);
+    assert.equal(burst(30), 7500);
+    assert.equal(burst(100), 25_000);
+  });
+
+  test("group members get fq_codel under the GSO-splitting tbf at every rate, with a two-frame bucket", () => {
+    for (const rate of [1, 10, 100, 1000, 10000]) {
+      const { leaf, why } = chooseLeaf(mbit(rate), PRODUCTION, "auto", true);
+      assert.equal(leafKey(leaf), "tbf+fq_codel", `${rate} Mbit/s`);
+      assert.equal(leaf.kind === "tbf" && leaf.burstBytes, 2 * FRAME_BYTES);
+      assert.match(why, /group member/);
+    }
+  });
+
+  test("without tbf, fq_codel stays on its own", () => {
+    const caps = { ...PRODUCTION, qdiscs: PRODUCTION.qdiscs.filter((q) => q !== "tbf") };
+    assert.deepEqual(chooseLeaf(mbit(10), caps, "auto").leaf, { kind: "fq_codel" });
+    assert.deepEqual(chooseLeaf(mbit(10), caps, "auto", true).leaf, { kind: "fq_codel" });
+  });
+
+  test("sfq gets no GSO-splitting stage", () => {
+    assert.equal(chooseLeaf(mbit(10), PRODUCTION, "sfq").leaf.kind, "sfq");
+    assert.equal(chooseLeaf(mbit(10), PRODUCTION, "sfq", true).leaf.kind, "sfq");
   });
 
   test("auto: sfq when there is no fq_codel", () => {
@@ -139,7 +205,8 @@ describe("chooseLeaf", () => {
     assert.equal(chooseLeaf(ceil, THIS_KERNEL, "fq_codel").leaf.kind, "bfifo");
     assert.equal(chooseLeaf(ceil, THIS_KERNEL, "sfq").leaf.kind, "bfifo");
     const noSfq = { ...PRODUCTION, qdiscs: PRODUCTION.qdiscs.filter((q) => q !== "sfq") };
-    assert.equal(chooseLeaf(ceil, noSfq, "sfq").leaf.kind, "fq_codel");
+    assert.equal(leafKey(chooseLeaf(ceil, noSfq, "sfq").leaf), "tbf+fq_codel");
+    assert.equal(leafKey(chooseLeaf(mbit(200), noSfq, "sfq").leaf), "fq_codel");
   });
 
   // Two GSO packets in 20 ms: 2 * GSO_MAX_BYTES / 0.02 s. The code's comments say 52 Mbit/s; with

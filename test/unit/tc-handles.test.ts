@@ -4,9 +4,12 @@ import {
   classidOf,
   GROUP_FILTER_PRIO,
   groupLeafHandle,
+  groupLeafHandles,
   HOOK_PARENT,
   IFACE_CLASSID,
+  IFACE_LEAF_CHILD_HANDLE,
   IFACE_LEAF_HANDLES,
+  ifaceLeafHandles,
   isDefaultRoot,
   isOurPrio,
   isOurRoot,
@@ -16,6 +19,7 @@ import {
   PRIO_REDIRECT_EGRESS,
   ROOT_HANDLE,
   ROOT_MAJOR,
+  tbfChildParent,
 } from "../../src/core/tc/handles.js";
 
 describe("tc handles and priorities", () => {
@@ -40,8 +44,21 @@ describe("tc handles and priorities", () => {
 
   test("per-interface leaves: one handle per kind, none of them the root's", () => {
     const handles = Object.values(IFACE_LEAF_HANDLES);
-    assert.deepEqual(handles, ["7652:", "7653:", "7654:", "7655:"]);
+    assert.deepEqual(handles, ["7652:", "7653:", "7654:", "7655:", "7656:"]);
     assert.ok(!handles.includes(ROOT_HANDLE));
+    assert.ok(!handles.includes(IFACE_LEAF_CHILD_HANDLE));
+  });
+
+  test("a tbf with a child is its own kind; the child hangs on the tbf's class", () => {
+    const tbf = { kind: "tbf", rateBytesPerSec: 2_500_000, burstBytes: 3028, limitBytes: 25_000 } as const;
+    const split = { ...tbf, child: { kind: "fq_codel" } } as const;
+    assert.deepEqual(ifaceLeafHandles(tbf), { leafHandle: "7655:" });
+    assert.deepEqual(ifaceLeafHandles(split), { leafHandle: "7656:", leafChildHandle: "7657:" });
+    assert.deepEqual(ifaceLeafHandles({ kind: "fq_codel" }), { leafHandle: "7654:" });
+    assert.deepEqual(groupLeafHandles(tbf, 0x1a2), { leafHandle: "11a2:" });
+    assert.deepEqual(groupLeafHandles(split, 0x1a2), { leafHandle: "41a2:", leafChildHandle: "51a2:" });
+    assert.equal(tbfChildParent("7656:"), "7656:1");
+    assert.equal(tbfChildParent("41a2:"), "41a2:1");
   });
 
   test("group leaves: kind in the top 4 bits, the class minor below, unique per class and kind", () => {
@@ -49,10 +66,21 @@ describe("tc handles and priorities", () => {
     assert.equal(groupLeafHandle("tbf", 0x1a2), "11a2:");
     assert.equal(groupLeafHandle("sfq", 0xffe), "2ffe:");
     assert.equal(groupLeafHandle("fq_codel", 0x100), "3100:");
+    assert.equal(groupLeafHandle("tbf+fq_codel", 0xffe), "4ffe:");
     const seen = new Set<string>();
-    for (const kind of ["bfifo", "tbf", "sfq", "fq_codel"] as const)
-      for (const minor of [2, 0x100, 0x1a2, 0xffe]) seen.add(groupLeafHandle(kind, minor));
-    assert.equal(seen.size, 16);
+    const split = {
+      kind: "tbf",
+      rateBytesPerSec: 2_500_000,
+      burstBytes: 3028,
+      limitBytes: 25_000,
+      child: { kind: "fq_codel" },
+    } as const;
+    for (const minor of [2, 0x100, 0x1a2, 0xffe]) {
+      for (const kind of ["bfifo", "tbf", "sfq", "fq_codel", "tbf+fq_codel"] as const)
+        seen.add(groupLeafHandle(kind, minor));
+      seen.add(groupLeafHandles(split, minor).leafChildHandle ?? "");
+    }
+    assert.equal(seen.size, 24);
     for (const h of seen) assert.notEqual(h, ROOT_HANDLE);
   });
 

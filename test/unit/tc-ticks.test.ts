@@ -17,6 +17,9 @@ describe("what tc shows of a bucket", () => {
     assert.equal(shownBucketBytes(3_750_000, 67_050), 67_050);
     assert.equal(shownBucketBytes(1_250_000, 62_500), 62_500);
     assert.equal(shownBucketBytes(3_750_000, 62_493), 62_490, "showing what was shown drifts");
+    // tc divides first, in doubles: 1e6 * (67048 / 4250000) = 15775.999... µs (read from a real kernel).
+    assert.equal(shownBucketBytes(4_250_000, 67_048), 67_039);
+    assert.equal(shownBucketBytes(4_250_000, bucketBytesShownAs(4_250_000, 67_048)), 67_048);
   });
 
   test("TBF: bytes in, nanoseconds kept, ticks dumped; the limit only through the latency", () => {

@@ -15,7 +15,7 @@ import {
   writeBegin,
   writeEnd,
 } from "../../src/adapters/tx-journal.js";
-import { installRecoverUnit } from "../../src/cli.js";
+import { installRecoverUnit } from "../../src/cli/install-hook.js";
 import { lineDiff } from "../../src/core/line-diff.js";
 
 // The transaction journal on a real filesystem: what a crash at each step leaves, and that readers cope.

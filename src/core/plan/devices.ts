@@ -4,7 +4,7 @@ import type { ObservedDevice } from "../tc/normalise.js";
 import { diffHooks } from "./hooks.js";
 import { findRecord } from "./records.js";
 import { diffTree } from "./tree.js";
-import type { DeviceWant, IfbWant, Observed, Op, PlanProblem } from "./types.js";
+import type { DeviceWant, Diagnostic, IfbWant, Observed, Op } from "./types.js";
 
 // Step 3: the diffs, device by device. IFBs first (created, brought up, their trees built), then the host
 // devices (their trees and hook filters), so a redirect is only added once the tree it feeds exists. A device
@@ -20,18 +20,18 @@ export function diffIfbs(
   ifbs: Map<string, IfbWant>,
   observed: Observed,
   failed: Failed,
-): { pre: Op[]; main: Op[]; problems: PlanProblem[] } {
-  const out = { pre: [] as Op[], main: [] as Op[], problems: [] as PlanProblem[] };
+): { pre: Op[]; main: Op[]; problems: Diagnostic[] } {
+  const out = { pre: [] as Op[], main: [] as Op[], problems: [] as Diagnostic[] };
   for (const [name, w] of ifbs) {
     if (failed.has(w.tag.iface)) continue;
     const link = observed.links.get(name);
     if (link && parseIfbAlias(link.alias) === undefined) {
       out.problems.push({
         code: "IFB_NAME_TAKEN",
+        level: "error",
         iface: w.tag.iface,
         dev: name,
-        message: `device ${name} exists but was not created by virtqos`,
-        fix: `delete or rename ${name}; virtqos derives this name from the domain UUID and MAC`,
+        message: `device ${name} exists but was not created by virtqos; virtqos derives this name from the domain UUID and MAC`,
       });
       failed.add(w.tag.iface);
       continue;
@@ -53,8 +53,8 @@ export function diffDevices(
   observed: Observed,
   caps: Capabilities,
   failed: Failed,
-): { main: Op[]; problems: PlanProblem[]; createdHookOn: Set<string> } {
-  const out = { main: [] as Op[], problems: [] as PlanProblem[], createdHookOn: new Set<string>() };
+): { main: Op[]; problems: Diagnostic[]; createdHookOn: Set<string> } {
+  const out = { main: [] as Op[], problems: [] as Diagnostic[], createdHookOn: new Set<string>() };
   for (const dev of devs) {
     const want = wants.get(dev) ?? { filters: [] };
     if (want.owner && failed.has(want.owner)) continue;

@@ -5,7 +5,7 @@ import { formatIfbAlias, groupIfbName, parseIfbAlias } from "../names.js";
 import type { LeafChoice } from "../policy/types.js";
 import type { Capabilities } from "../recipe.js";
 import type { ObservedLink } from "../tc/normalise.js";
-import type { IfbWant, PlanNote } from "./types.js";
+import type { Diagnostic, IfbWant } from "./types.js";
 
 // Step 2: the group IFBs and their trees. Every tree that has members (recorded or new) or still exists in the
 // kernel is looked at: one with members gets its whole tree (members included) as the IFB's wanted state; one
@@ -16,7 +16,7 @@ export interface GroupTreeWants {
   ifbs: Map<string, IfbWant>;
   /** Group IFBs to leave exactly as they are. */
   keep: Set<string>;
-  notes: PlanNote[];
+  notes: Diagnostic[];
 }
 
 export function groupTreeWants(
@@ -41,7 +41,8 @@ export function groupTreeWants(
       out.keep.add(name);
       const message = `group "${tree}" (or one of its child groups) is no longer in the policy but guests still use it; its tree is left as it is until \`virtqos apply\` runs for them`;
       // One tree per direction, one warning per group.
-      if (!out.notes.some((n) => n.message === message)) out.notes.push({ level: "warning", message });
+      if (!out.notes.some((n) => n.message === message))
+        out.notes.push({ code: "GROUP_ORPHANED", level: "warning", message });
       continue;
     }
     if (!top || members.length === 0) continue;

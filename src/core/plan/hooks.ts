@@ -2,7 +2,7 @@ import type { Capabilities } from "../recipe.js";
 import { HOOK_PARENT, isOurPrio } from "../tc/handles.js";
 import { type ObservedDevice, type ObservedFilter, printTcRate, sameSize } from "../tc/normalise.js";
 import { formatRate } from "../units.js";
-import type { Hook, HookFilter, HookWant, Op, PlanProblem } from "./types.js";
+import type { Diagnostic, Hook, HookFilter, HookWant, Op } from "./types.js";
 
 // The hook diff: virtqos's filters on a device's ingress/egress hooks (redirects into IFBs, the police filter),
 // on a hook qdisc it shares with other tools. It adds the hook qdisc only where there is none and removes it
@@ -24,7 +24,7 @@ export function diffHooks(
   createdHookEarlier: boolean,
   /** Refuse when a foreign filter would take the traffic first (off when restoring what was there). */
   checkIntercept = true,
-): HookDiff | { problem: PlanProblem } {
+): HookDiff | { problem: Diagnostic } {
   const hookQ = obs.qdiscs.find((q) => q.parent === HOOK_PARENT);
   const ours = obs.filters.filter((f) => f.hook !== "class" && isOurPrio(f.prio));
   const foreign = obs.filters.filter((f) => f.hook !== "class" && !isOurPrio(f.prio));
@@ -40,9 +40,9 @@ export function diffHooks(
       return {
         problem: {
           code: "CLSACT_UNAVAILABLE",
+          level: "error",
           dev,
           message: `${dev}: redirecting egress traffic needs the clsact qdisc, which this kernel lacks`,
-          fix: "use a kernel with CONFIG_NET_SCH_INGRESS (clsact), 4.5 or newer",
         },
       };
     }
@@ -52,9 +52,9 @@ export function diffHooks(
     return {
       problem: {
         code: "INGRESS_QDISC_FOREIGN",
+        level: "error",
         dev,
-        message: `${dev} has an "ingress" qdisc, but shaping here needs "clsact" (ingress and egress hooks)`,
-        fix: `if nothing else uses it, remove it: tc qdisc del dev ${dev} ingress`,
+        message: `${dev} has an "ingress" qdisc, but shaping here needs "clsact" (ingress and egress hooks); to remove it: tc qdisc del dev ${dev} ingress`,
       },
     };
   }
@@ -100,7 +100,7 @@ function interceptingFilter(
   dev: string,
   want: HookWant[],
   foreign: ObservedFilter[],
-): PlanProblem | undefined {
+): Diagnostic | undefined {
   for (const w of want) {
     const first = foreign
       .filter((f) => f.hook === w.hook && f.prio < w.prio)
@@ -113,10 +113,10 @@ function interceptingFilter(
         : `${first.kind} filter`;
     return {
       code: "INGRESS_FILTER_FOREIGN",
+      level: "error",
       dev,
       direction: w.tag.direction,
-      message: `${dev}: a ${what} at ${w.hook} prio ${first.prio} runs before virtqos's ${w.filter.action} at prio ${w.prio} and takes the traffic it matches; virtqos does not shape this interface`,
-      fix: `if nothing else needs it, remove it (tc filter del dev ${dev} ${w.hook} prio ${first.prio}) and apply again; if it is libvirt's, move the limit from <bandwidth> into virtqos <metadata> or the policy file`,
+      message: `${dev}: a ${what} at ${w.hook} prio ${first.prio} runs before virtqos's ${w.filter.action} at prio ${w.prio} and takes the traffic it matches; virtqos does not shape this interface; to remove it: tc filter del dev ${dev} ${w.hook} prio ${first.prio}`,
     };
   }
   return undefined;

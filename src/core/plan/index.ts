@@ -58,6 +58,7 @@ export function plan(
 
 // Where snapshot.ts still imports it from.
 export { isOurRoot } from "../tc/handles.js";
+export { recordIfb } from "./records.js";
 export { planRestore, treeFromObserved } from "./restore.js";
 export type * from "./types.js";
 export { hookFor } from "./wants.js";

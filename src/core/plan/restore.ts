@@ -1,6 +1,6 @@
 import { parseIfbAlias } from "../names.js";
-import type { Capabilities, Leaf } from "../recipe.js";
-import { GROUP_FILTER_PRIO, HOOK_PARENT, isOurPrio, isOurRoot } from "../tc/handles.js";
+import type { Capabilities, ChildLeaf, Leaf } from "../recipe.js";
+import { GROUP_FILTER_PRIO, HOOK_PARENT, isOurPrio, isOurRoot, tbfChildParent } from "../tc/handles.js";
 import type { ObservedDevice, ObservedQdisc } from "../tc/normalise.js";
 import { bucketBytesShownAs, tbfShownAs } from "../tc/ticks.js";
 import { type Tree, type TreeFilter, treeFilterFromObserved } from "../tc/tree.js";
@@ -24,6 +24,14 @@ export function treeFromObserved(obs: ObservedDevice | undefined): Tree | undefi
   for (const c of obs.classes) {
     const leafQ = obs.qdiscs.find((q) => q.parent === c.classid);
     const leaf = leafFromObserved(leafQ);
+    // A TBF's child qdisc (fq_codel behind the GSO-splitting TBF), on TBF's class. The default bfifo a TBF
+    // creates for itself is not listed by the kernel: a TBF without a visible child is the TBF FIFO.
+    const childQ =
+      leaf?.kind === "tbf" && leafQ
+        ? obs.qdiscs.find((q) => q.parent === tbfChildParent(leafQ.handle))
+        : undefined;
+    const child = childLeafFromObserved(childQ);
+    if (leaf?.kind === "tbf" && child) leaf.child = child;
     const rateBytesPerSec = Math.round(c.rateBitsPerSec / 8);
     const ceilBytesPerSec = Math.round(c.ceilBitsPerSec / 8);
     classes.push({
@@ -38,6 +46,7 @@ export function treeFromObserved(obs: ObservedDevice | undefined): Tree | undefi
       },
       // Only where there was one: inner classes (group trees) have none, and HTB refuses one there.
       ...(leaf && leafQ ? { leaf, leafHandle: leafQ.handle } : {}),
+      ...(child && childQ ? { leafChildHandle: childQ.handle } : {}),
     });
   }
   // The kernel lists classes in its own order; a class must exist before its children are created.
@@ -87,6 +96,11 @@ function leafFromObserved(q: ObservedQdisc | undefined): Leaf | undefined {
     default:
       return undefined;
   }
+}
+
+/** The qdisc under a TBF leaf, where it is one virtqos puts there. */
+function childLeafFromObserved(q: ObservedQdisc | undefined): ChildLeaf | undefined {
+  return q?.kind === "fq_codel" ? { kind: "fq_codel" } : undefined;
 }
 
 /** virtqos's filters on a device's hooks, as observed, to be wanted again. */

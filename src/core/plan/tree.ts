@@ -1,5 +1,5 @@
 import type { HtbClass, Leaf } from "../recipe.js";
-import { GROUP_FILTER_PRIO, isDefaultRoot, isOurRoot } from "../tc/handles.js";
+import { GROUP_FILTER_PRIO, isDefaultRoot, isOurRoot, tbfChildParent } from "../tc/handles.js";
 import {
   type ObservedClass,
   type ObservedDevice,
@@ -22,9 +22,9 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
     return {
       problem: {
         code: "ROOT_QDISC_FOREIGN",
+        level: "error",
         dev,
-        message: `${dev} already has a root qdisc ${root?.kind} ${root?.handle} that virtqos did not create`,
-        fix: `remove it (tc qdisc del dev ${dev} root) if nothing else needs it, or stop shaping this interface with virtqos`,
+        message: `${dev} already has a root qdisc ${root?.kind} ${root?.handle} that virtqos did not create; to remove it: tc qdisc del dev ${dev} root`,
       },
     };
   }
@@ -49,6 +49,17 @@ export function diffTree(dev: string, want: Tree | undefined, obs: ObservedDevic
     const ol = ours && !moved.has(c.classid) ? obs.qdiscs.find((q) => q.parent === c.classid) : undefined;
     if (!ol || !sameLeaf(ol, c.leaf, c.leafHandle)) {
       ops.push({ op: "leaf-replace", dev, parent: c.classid, handle: c.leafHandle, leaf: c.leaf, ...tag });
+    }
+    // A TBF's child qdisc, on TBF's class. `qdisc replace` of a TBF under the handle and kind it already has
+    // changes it in place and keeps its child; any other replace grafts a new TBF with the default bfifo child.
+    const child = c.leaf.kind === "tbf" ? c.leaf.child : undefined;
+    if (child && c.leafChildHandle) {
+      const parent = tbfChildParent(c.leafHandle);
+      const kept = ol?.kind === c.leaf.kind && ol.handle === c.leafHandle;
+      const oc = kept ? obs.qdiscs.find((q) => q.parent === parent) : undefined;
+      if (!oc || !sameLeaf(oc, child, c.leafChildHandle)) {
+        ops.push({ op: "leaf-replace", dev, parent, handle: c.leafChildHandle, leaf: child, ...tag });
+      }
     }
   }
   if (ours) {
@@ -112,6 +123,7 @@ export function sameClass(o: ObservedClass, h: HtbClass): boolean {
   );
 }
 
+/** Whether an observed qdisc is `leaf` under `handle`. A TBF's child is its own qdisc, compared on its own. */
 export function sameLeaf(q: ObservedQdisc, leaf: Leaf, handle: string): boolean {
   if (q.kind !== leaf.kind || q.handle !== handle) return false;
   if (leaf.kind === "bfifo") return Number(q.options.limit) === leaf.limitBytes;

@@ -1,4 +1,5 @@
 import type { GroupSpec } from "../admission.js";
+import type { Diagnostic } from "../errors.js";
 import type { Direction, DomainRecord } from "../model.js";
 import type { LeafChoice } from "../policy/types.js";
 import type { HtbClass, Leaf } from "../recipe.js";
@@ -61,26 +62,12 @@ export type Op = Tagged &
     | { op: "tree-filter-del"; dev: string; prio: number; handle: string }
   );
 
-export interface PlanProblem {
-  code: string;
-  iface?: string;
-  dev?: string;
-  /** The direction the problem is about, where it is about one. */
-  direction?: Direction;
-  message: string;
-  fix: string;
-}
-
-export interface PlanNote {
-  level: "info" | "warning";
-  iface?: string;
-  message: string;
-}
-
 export interface Plan {
   ops: Op[];
-  problems: PlanProblem[];
-  notes: PlanNote[];
+  /** Level "error": interfaces not shaped as asked (a GROUP_ADMISSION member is shaped, without its guarantee). */
+  problems: Diagnostic[];
+  /** Levels "warning" and "info". */
+  notes: Diagnostic[];
   /** Records to write (one per domain in scope that still has shaped interfaces) and domains to forget. */
   records: DomainRecord[];
   forget: string[];
@@ -111,6 +98,7 @@ export interface IfbWant {
 }
 
 /** Either the ops that bring a device where it should be, or why virtqos must leave it alone. */
-export type DiffResult = { ops: Op[] } | { problem: PlanProblem };
+export type DiffResult = { ops: Op[] } | { problem: Diagnostic };
 
+export type { Diagnostic } from "../errors.js";
 export type { Tree, TreeClass, TreeFilter } from "../tc/tree.js";

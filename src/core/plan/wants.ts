@@ -6,7 +6,7 @@ import { type Capabilities, maxBucketBytes, policeBurstBytes } from "../recipe.j
 import { PRIO_REDIRECT, PRIO_REDIRECT_EGRESS } from "../tc/handles.js";
 import type { ObservedLink } from "../tc/normalise.js";
 import { formatRate, formatSize, toKernelBytesPerSec } from "../units.js";
-import type { DeviceWant, IfbWant, PlanNote, PlanProblem, Tagged } from "./types.js";
+import type { DeviceWant, Diagnostic, IfbWant, Tagged } from "./types.js";
 
 // Step 1: per interface, what each host device should carry (a tree on its root, filters on its hooks), which
 // per-interface IFBs should exist, and the record of what will be in force. Group trees themselves are the
@@ -23,8 +23,8 @@ export interface InterfaceWants {
   ifbs: Map<string, IfbWant>;
   /** Per domain UUID: the interfaces as they will be shaped (refusals are taken out later, records.ts). */
   records: Map<string, DomainRecord>;
-  problems: PlanProblem[];
-  notes: PlanNote[];
+  problems: Diagnostic[];
+  notes: Diagnostic[];
 }
 
 export function interfaceWants(
@@ -53,26 +53,28 @@ export function interfaceWants(
     if (d.notEnforceable) {
       if (!d.inbound && !d.outbound && !d.group) continue;
       out.notes.push({
+        code: "NOT_ENFORCEABLE",
         level: "warning",
         iface: d.key,
         message: `${label}: limits not enforceable: ${d.notEnforceable}`,
       });
-      record.interfaces.push({
-        mac: d.mac,
-        type: d.type,
-        swapped: d.swapped,
-        notEnforceable: d.notEnforceable,
-      });
+      record.interfaces.push({ mac: d.mac, type: d.type, notEnforceable: d.notEnforceable });
       continue;
     }
     if (!d.inbound && !d.outbound && !d.group) {
       // A lone floor outside a group was already reported, with its fix, when limits were resolved.
       if (!d.floorOnly?.length)
-        out.notes.push({ level: "warning", iface: d.key, message: `${label}: no bandwidth limits found` });
+        out.notes.push({
+          code: "NO_LIMITS",
+          level: "warning",
+          iface: d.key,
+          message: `${label}: no bandwidth limits found`,
+        });
       continue;
     }
     if (!d.dev || !links.has(d.dev)) {
       out.notes.push({
+        code: "DEVICE_ABSENT",
         level: "info",
         iface: d.key,
         message: `${label}: host device ${d.dev ?? "(not yet named)"} does not exist; nothing to shape now`,
@@ -87,7 +89,6 @@ export function interfaceWants(
     const recordGroup: GroupMembership | undefined = d.group
       ? { ...d.group, inbound: undefined, outbound: undefined }
       : undefined;
-    let ifb: string | undefined;
     for (const direction of ["inbound", "outbound"] as const) {
       const tag: Tagged = { iface: d.key, direction };
       const side = hookFor(direction, d.swapped);
@@ -112,7 +113,7 @@ export function interfaceWants(
       } else if (limit.mode === "police" && direction === "outbound") {
         wantPolice(ctx, limit, tag);
       } else {
-        ifb = wantIfb(ctx, direction, limit, tag) ?? ifb;
+        wantIfb(ctx, direction, limit, tag);
       }
     }
     record.interfaces.push({
@@ -120,10 +121,8 @@ export function interfaceWants(
       dev: d.dev,
       ifindex: links.get(d.dev)?.ifindex,
       type: d.type,
-      swapped: d.swapped,
       inbound: applied.inbound,
       outbound: applied.outbound,
-      ifb,
       group: recordGroup?.inbound || recordGroup?.outbound ? recordGroup : undefined,
     });
   }
@@ -161,8 +160,10 @@ function warnBurstLowered(ctx: IfaceContext, direction: Direction, limit: Direct
   const deepest = maxBucketBytes(toKernelBytesPerSec(limit.rateBitsPerSec));
   if (limit.burstBytes > deepest)
     ctx.out.notes.push({
+      code: "BURST_ADJUSTED",
       level: "warning",
       iface: ctx.d.key,
+      direction,
       message: `${ctx.label}: ${direction} burst lowered from ${formatSize(limit.burstBytes)} to ${formatSize(deepest)}, the deepest bucket tc can express at ${formatRate(limit.rateBitsPerSec)}`,
     });
 }
@@ -173,10 +174,11 @@ function wantPolice(ctx: IfaceContext, limit: DirectionLimit, tag: Tagged): void
   if (!ctx.caps.actions.includes("police")) {
     ctx.out.problems.push({
       code: "POLICE_UNAVAILABLE",
+      level: "error",
       iface: d.key,
       dev: ctx.dev,
+      direction: "outbound",
       message: `${label}: outbound mode "police" needs the tc police action, which this kernel lacks`,
-      fix: "remove `mode: police` (the default, shaping through an IFB, works here and is gentler on TCP and UDP)",
     });
     return;
   }
@@ -184,8 +186,10 @@ function wantPolice(ctx: IfaceContext, limit: DirectionLimit, tag: Tagged): void
   const burstBytes = policeBurstBytes(rateBytesPerSec, limit.burstBytes);
   if (limit.burstBytes !== undefined && burstBytes !== limit.burstBytes) {
     ctx.out.notes.push({
+      code: "BURST_ADJUSTED",
       level: "warning",
       iface: d.key,
+      direction: "outbound",
       message:
         burstBytes > limit.burstBytes
           ? `${label}: outbound police burst raised from ${formatSize(limit.burstBytes)} to ${formatSize(burstBytes)}: a policer drops every packet larger than its bucket, and guests send 64 KiB GSO packets`
@@ -200,23 +204,19 @@ function wantPolice(ctx: IfaceContext, limit: DirectionLimit, tag: Tagged): void
   });
 }
 
-/** The direction the tap's ingress hook carries, shaped on the interface's own IFB; returns the IFB's name. */
-function wantIfb(
-  ctx: IfaceContext,
-  direction: Direction,
-  limit: DirectionLimit,
-  tag: Tagged,
-): string | undefined {
+/** The direction the tap's ingress hook carries, shaped on the interface's own IFB (see recordIfb). */
+function wantIfb(ctx: IfaceContext, direction: Direction, limit: DirectionLimit, tag: Tagged): void {
   const { d, label } = ctx;
   if (!ctx.caps.ifb) {
     ctx.out.problems.push({
       code: "IFB_UNAVAILABLE",
+      level: "error",
       iface: d.key,
       dev: ctx.dev,
+      direction,
       message: `${label}: shaping ${direction} needs an IFB device, which this kernel cannot create`,
-      fix: "enable CONFIG_IFB in the kernel, or use `mode: police` for outbound where the police action exists",
     });
-    return undefined;
+    return;
   }
   const ifb = interfaceIfbName(d.domainUuid, d.mac);
   ctx.out.ifbs.set(ifb, {
@@ -230,5 +230,4 @@ function wantIfb(
     filter: { action: "redirect", toDev: ifb },
     tag,
   });
-  return ifb;
 }

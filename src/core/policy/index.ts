@@ -1,3 +1,4 @@
+import { VirtqosError } from "../errors.js";
 import { checkGroups } from "./check.js";
 import { policyFromYaml, readPolicyYaml } from "./parse.js";
 import { emptyPolicy, type Policy, type PolicyProblem } from "./types.js";
@@ -20,10 +21,9 @@ export type {
 } from "./types.js";
 export { emptyPolicy };
 
-export class PolicyError extends Error {
-  readonly code = "POLICY_INVALID";
+export class PolicyError extends VirtqosError {
   constructor(readonly problems: PolicyProblem[]) {
-    super(problems.map(formatProblem).join("\n"));
+    super("POLICY_INVALID", problems.map(formatProblem).join("\n"), { problems });
   }
 }
 

@@ -1,4 +1,4 @@
-import type { Leaf } from "../recipe.js";
+import { type Leaf, type LeafKey, leafKey } from "../recipe.js";
 import type { ObservedQdisc } from "./normalise.js";
 
 // The handles and priorities virtqos puts into the kernel. They are how virtqos recognises its own qdiscs,
@@ -39,25 +39,67 @@ export const GROUP_FILTER_PRIO = 64010;
 /**
  * Leaf qdisc handles. Two schemes, because the two kinds of tree differ in how many leaves they hold:
  *
- * - A per-interface tree has one leaf, so one handle per leaf kind is enough (7652: to 7655:). A handle per
+ * - A per-interface tree has one leaf, so one handle per leaf kind is enough (7652: to 7656:). A handle per
  *   kind, not one handle, because `qdisc replace` cannot change a qdisc's kind in place but grafts a qdisc with
  *   a new handle: switching fq_codel to bfifo is then one replace.
  * - A group tree has a leaf per member class, so the handle carries the class minor as well:
  *   `(kind index << 12) | minor`, which is unique per class and kind as long as minors fit 12 bits (they do:
  *   member minors stop at 0xffe).
  *
+ * A TBF with a child qdisc (the GSO-splitting stage in front of fq_codel) is a kind of its own ("tbf+fq_codel":
+ * 7656:, group index 4), not the TBF FIFO's handle: replacing a TBF under the same handle changes it in place
+ * and keeps its child, so going from one to the other would keep the wrong queue. Its child hangs on TBF's one
+ * class (`<tbf handle>1`) with a handle of its own: 7657: in a per-interface tree, index 5 in a group tree.
+ *
  * Folding one scheme into the other would change the handle of every leaf already in the kernel, so the first
  * apply after an upgrade would re-graft every guest's leaf and drop what it had queued.
  */
-export const IFACE_LEAF_HANDLES: Record<Leaf["kind"], string> = {
+export const IFACE_LEAF_HANDLES: Record<LeafKey, string> = {
   bfifo: "7652:",
   sfq: "7653:",
   fq_codel: "7654:",
   tbf: "7655:",
+  "tbf+fq_codel": "7656:",
 };
-const GROUP_LEAF_KIND_INDEX: Record<Leaf["kind"], number> = { bfifo: 0, tbf: 1, sfq: 2, fq_codel: 3 };
-export const groupLeafHandle = (kind: Leaf["kind"], minor: number): string =>
-  `${minorHex((GROUP_LEAF_KIND_INDEX[kind] << 12) | minor)}:`;
+/** The child qdisc under a per-interface tree's TBF (a "tbf+..." leaf). */
+export const IFACE_LEAF_CHILD_HANDLE = "7657:";
+const GROUP_LEAF_KIND_INDEX: Record<LeafKey, number> = {
+  bfifo: 0,
+  tbf: 1,
+  sfq: 2,
+  fq_codel: 3,
+  "tbf+fq_codel": 4,
+};
+/** The kind index of the child qdisc under a group leaf's TBF. */
+const GROUP_LEAF_CHILD_INDEX = 5;
+const groupHandle = (index: number, minor: number): string => `${minorHex((index << 12) | minor)}:`;
+export const groupLeafHandle = (key: LeafKey, minor: number): string =>
+  groupHandle(GROUP_LEAF_KIND_INDEX[key], minor);
+
+/** A leaf's handle and, for a TBF with a child qdisc, the child's. */
+export interface LeafHandles {
+  leafHandle: string;
+  leafChildHandle?: string;
+}
+
+const hasChild = (leaf: Leaf): boolean => leaf.kind === "tbf" && leaf.child !== undefined;
+
+/** The handles of a per-interface tree's leaf. */
+export function ifaceLeafHandles(leaf: Leaf): LeafHandles {
+  const leafHandle = IFACE_LEAF_HANDLES[leafKey(leaf)];
+  return hasChild(leaf) ? { leafHandle, leafChildHandle: IFACE_LEAF_CHILD_HANDLE } : { leafHandle };
+}
+
+/** The handles of a group tree's leaf under the class with `minor`. */
+export function groupLeafHandles(leaf: Leaf, minor: number): LeafHandles {
+  const leafHandle = groupLeafHandle(leafKey(leaf), minor);
+  return hasChild(leaf)
+    ? { leafHandle, leafChildHandle: groupHandle(GROUP_LEAF_CHILD_INDEX, minor) }
+    : { leafHandle };
+}
+
+/** Where a TBF's child qdisc hangs: TBF's one class, minor 1 (`7656:` -> `7656:1`). */
+export const tbfChildParent = (tbfHandle: string): string => `${tbfHandle}1`;
 
 /**
  * A group tree's u32 tables. 800: is the table u32 creates by itself on the root; its first node (800::800, the

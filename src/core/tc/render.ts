@@ -122,6 +122,7 @@ export function renderLeaf(leaf: Leaf): string {
     case "bfifo":
       return `bfifo limit ${leaf.limitBytes}`;
     case "tbf":
+      // Its child qdisc (leaf.child), if any, is a leaf-replace of its own on TBF's class `<handle>1`.
       return `tbf rate ${leaf.rateBytesPerSec * 8}bit burst ${leaf.burstBytes} limit ${leaf.limitBytes}`;
   }
 }

@@ -22,8 +22,10 @@ const usToBytes = (rateBytesPerSec: number, us: number): number =>
 
 /** What tc shows (as parsed back) for an HTB or police bucket given as `bytes`. */
 export function shownBucketBytes(rateBytesPerSec: number, bytes: number): number {
-  // tc_calc_xmittime: whole microseconds, then whole ticks; the kernel keeps and dumps the ticks.
-  const us = Math.floor((US_PER_SEC * bytes) / rateBytesPerSec);
+  // tc_calc_xmittime: whole microseconds, then whole ticks; the kernel keeps and dumps the ticks. In tc's
+  // own double arithmetic and order, size / rate first: 1e6 * (67048 / 4250000) is 15775.999..., 15775 µs,
+  // so 67048 shows as 67039 at 34 Mbit/s, which exact arithmetic (15776 µs) does not predict.
+  const us = Math.floor(US_PER_SEC * (bytes / rateBytesPerSec));
   const shown = usToBytes(rateBytesPerSec, ticksToUs(Math.floor(us * TICKS_PER_US)));
   return parseTcSize(printTcSize(shown));
 }

@@ -13,6 +13,8 @@ export interface TreeClass {
   htb: HtbClass;
   leaf?: Leaf;
   leafHandle?: string;
+  /** A TBF leaf's child qdisc (`leaf.child`): its handle, on TBF's class `<leafHandle>1`. */
+  leafChildHandle?: string;
 }
 
 export interface Tree {

@@ -1,48 +1,15 @@
 import { type Command, Option } from "commander";
-import { processRunner } from "./adapters/exec.js";
-import type { Logger } from "./adapters/log.js";
-import { policyPath } from "./adapters/policy-file.js";
-import { cachedCapabilities } from "./adapters/probe.js";
-import { defaultRunDir } from "./adapters/state.js";
-import { currentActor, defaultStateDir, readLog, type TxLogEntry } from "./adapters/tx-journal.js";
-import { formatTable } from "./app/table.js";
-import {
-  spawnWatcher,
-  type TxContext,
-  txBegin,
-  txCommit,
-  txRecover,
-  txRollback,
-  txStatus,
-  txWatch,
-} from "./app/tx.js";
-import { parseDuration, UnitError } from "./core/units.js";
-import { VirtqosError } from "./errors.js";
+import type { Logger } from "../adapters/log.js";
+import { readLog, type TxLogEntry } from "../adapters/tx-journal.js";
+import { formatTable } from "../app/table.js";
+import { spawnWatcher, txBegin, txCommit, txRecover, txRollback, txStatus, txWatch } from "../app/tx.js";
+import { defaultRunDir, defaultStateDir, policyPath } from "../config.js";
+import { VirtqosError } from "../core/errors.js";
+import { parseDuration, UnitError } from "../core/units.js";
+import { cliEntry, cliLogger, context, type Globals, globals, out } from "./context.js";
 
 // `virtqos tx ...`: transactions over what virtqos owns (policy file, records, kernel objects), and the confirm
 // timer behind `virtqos apply --confirm`. The journal lives in --state-dir (persistent storage).
-
-export interface TxGlobals {
-  config?: string;
-  runDir?: string;
-  stateDir?: string;
-  netns?: string;
-  json?: boolean;
-}
-
-export function txContext(g: TxGlobals, log: Logger, door = "cli"): TxContext {
-  const runner = processRunner({ netns: g.netns });
-  const runDir = g.runDir ?? defaultRunDir();
-  return {
-    runner,
-    runDir,
-    stateDir: g.stateDir ?? defaultStateDir(),
-    policyFile: policyPath(g.config),
-    log,
-    who: currentActor(door),
-    caps: () => cachedCapabilities(runner, runDir),
-  };
-}
 
 /** A --timeout/--confirm value: a duration with its unit, 1 s to 24 h. */
 export function parseTimeout(option: string, text: string): number {
@@ -63,7 +30,7 @@ export function parseTimeout(option: string, text: string): number {
  * The detached confirm timer must act on the same run dir, state dir, policy file and namespace as the command
  * that started it, after that command and its terminal are gone: those go on its command line, explicitly.
  */
-export function watcherGlobals(g: TxGlobals): string[] {
+export function watcherGlobals(g: Globals): string[] {
   return [
     "--run-dir",
     g.runDir ?? defaultRunDir(),
@@ -99,15 +66,7 @@ function logTable(entries: TxLogEntry[]): string {
   ].join("\n");
 }
 
-export function addTxCommands(
-  program: Command,
-  helpers: {
-    globals: () => TxGlobals;
-    log: (g: TxGlobals) => Logger;
-    out: (g: TxGlobals, json: unknown, text: string) => void;
-    cliEntry: string;
-  },
-): void {
+export function addTxCommands(program: Command): void {
   const tx = program
     .command("tx")
     .description(
@@ -115,10 +74,10 @@ export function addTxCommands(
     );
 
   const run =
-    (fn: (g: TxGlobals, log: Logger, opts: Record<string, unknown>) => Promise<void>) =>
+    (fn: (g: Globals, log: Logger, opts: Record<string, unknown>) => Promise<void>) =>
     async (opts: Record<string, unknown>) => {
-      const g: TxGlobals = { ...helpers.globals(), json: opts.json as boolean | undefined };
-      const log = helpers.log(g);
+      const g = globals(program, opts.json as boolean | undefined);
+      const log = cliLogger(g);
       try {
         await fn(g, log, opts);
       } finally {
@@ -134,13 +93,13 @@ export function addTxCommands(
       run(async (g, log, opts) => {
         const timeoutMs = opts.timeout ? parseTimeout("--timeout", String(opts.timeout)) : undefined;
         let watcher: number | undefined;
-        const t = await txBegin(txContext(g, log), {
+        const t = await txBegin(context(g, log), {
           timeoutMs,
           beforeOpen: (id) => {
-            if (timeoutMs) watcher = spawnWatcher(helpers.cliEntry, id, watcherGlobals(g));
+            if (timeoutMs) watcher = spawnWatcher(cliEntry(), id, watcherGlobals(g));
           },
         });
-        helpers.out(
+        out(
           g,
           { id: t.id, deadline: t.deadline, watcherPid: watcher },
           `${t.id}${t.deadline ? `\nrolled back at ${when(t.deadline)} unless \`virtqos tx commit\` runs first (timer pid ${watcher})` : ""}`,
@@ -153,8 +112,8 @@ export function addTxCommands(
     .option("--json", "machine-readable output")
     .action(
       run(async (g, log) => {
-        const e = await txCommit(txContext(g, log));
-        helpers.out(g, e, `${e.id} committed (${e.devices.length} device(s) changed)`);
+        const e = await txCommit(context(g, log));
+        out(g, e, `${e.id} committed (${e.devices.length} device(s) changed)`);
       }),
     );
 
@@ -165,8 +124,8 @@ export function addTxCommands(
     .option("--json", "machine-readable output")
     .action(
       run(async (g, log) => {
-        const r = await txRollback(txContext(g, log));
-        helpers.out(
+        const r = await txRollback(context(g, log));
+        out(
           g,
           r.entry,
           `${r.entry.id} rolled back: ${r.entry.devices.length} device(s) restored and verified against the snapshot${r.entry.policyDiff.length ? `, policy file restored (${r.entry.policyDiff.length} line(s))` : ""}`,
@@ -191,7 +150,7 @@ export function addTxCommands(
               `${o.changes} change(s) so far; devices: ${o.devices.join(", ") || "-"}`,
             ].join("\n")
           : `no transaction open${s.last ? ` (last: ${s.last.id}, ${s.last.outcome} at ${when(s.last.endedAt)})` : ""}`;
-        helpers.out(g, s, text);
+        out(g, s, text);
       }),
     );
 
@@ -201,7 +160,7 @@ export function addTxCommands(
     .action(
       run(async (g) => {
         const entries = readLog(g.stateDir ?? defaultStateDir());
-        helpers.out(g, { transactions: entries }, logTable(entries));
+        out(g, { transactions: entries }, logTable(entries));
       }),
     );
 
@@ -210,8 +169,8 @@ export function addTxCommands(
     .option("--json", "machine-readable output")
     .action(
       run(async (g, log) => {
-        const r = await txRecover(txContext(g, log, "recover"));
-        helpers.out(
+        const r = await txRecover(context(g, log, "recover"));
+        out(
           g,
           { recovered: r?.entry ?? null },
           r
@@ -228,7 +187,7 @@ export function addTxCommands(
     .action(
       run(async (g, log, opts) => {
         const pid = opts.begunBy === undefined ? undefined : Number(opts.begunBy);
-        await txWatch(txContext(g, log, "confirm-timer"), String(opts.id), pid);
+        await txWatch(context(g, log, "confirm-timer"), String(opts.id), pid);
       }),
     );
 }

@@ -1,0 +1,324 @@
+import type { Direction } from "./model.js";
+
+// One catalogue of every code virtqos reports: errors (which fail a command, or the interface they are about)
+// and the warnings and notes that do not. Per code: the process exit status, the HTTP status the REST API
+// answers with, what happened, and the operator's next step. The fix lives only here: a diagnostic or error
+// carries its code and a message with the specifics (device, priority, numbers), and whatever prints it
+// (CLI text, --json, logs, status) takes the fix from ERRORS[code].
+// docs/errors.md is checked against this list by a unit test (test/unit/errors-doc.test.ts), so neither can
+// drift; the same test checks that every code used in src is listed here.
+
+export const EXIT = {
+  OK: 0,
+  FAILED: 1,
+  INVALID_INPUT: 2,
+  PARTIAL: 3,
+  MISMATCH: 4,
+} as const;
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+/**
+ * HTTP statuses the REST API answers with. 200: a warning or note (the request succeeded); 400: invalid input;
+ * 404: something named does not exist; 409: a conflict with the host's state (another tool's qdisc or filter,
+ * a lock held, a transaction open); 422: well-formed but refused by a rule; 500: a kernel or tool failure;
+ * 503: a feature, tool or privilege this host lacks, or a transient failure worth retrying.
+ */
+export const HTTP = {
+  OK: 200,
+  BAD_REQUEST: 400,
+  NOT_FOUND: 404,
+  CONFLICT: 409,
+  UNPROCESSABLE: 422,
+  INTERNAL: 500,
+  UNAVAILABLE: 503,
+} as const;
+
+export type HttpStatus = (typeof HTTP)[keyof typeof HTTP];
+
+// The catalogue writes exit and HTTP statuses as numbers (ExitCode and HttpStatus admit only the values of EXIT
+// and HTTP): an object of literals is one esbuild can drop from a bundle that does not use it (dist/policy.cjs),
+// and the hook bundle, which does, is read on every guest start.
+export interface ErrorInfo {
+  /** Exit status of a command that reports this code as an error; 0 for codes only ever warnings or notes. */
+  exitCode: ExitCode;
+  /** What the REST API answers with; 200 for codes only ever warnings or notes. */
+  httpStatus: HttpStatus;
+  summary: string;
+  fix: string;
+}
+
+export const ERRORS = {
+  POLICY_INVALID: {
+    exitCode: 2,
+    httpStatus: 400,
+    summary:
+      "The policy file is not valid YAML or breaks a rule (unit missing, unknown field, floors above a ceiling).",
+    fix: "Each message names file:line:column, the field and the fix. Nothing is applied until the file is valid.",
+  },
+  DOMAIN_XML_INVALID: {
+    exitCode: 2,
+    httpStatus: 400,
+    summary: "Domain XML is malformed or lacks <name>/<uuid>.",
+    fix: "Pass the XML libvirt produces (virsh dumpxml NAME).",
+  },
+  USAGE: {
+    exitCode: 2,
+    httpStatus: 400,
+    summary: "A command-line argument is missing or invalid.",
+    fix: "See `virtqos help <command>`.",
+  },
+  TC_BATCH_FAILED: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary:
+      "tc or ip rejected a line of the batch. The devices touched were restored to their previous state.",
+    fix: "The message quotes the failing line and the kernel's reason; `virtqos doctor` shows missing features.",
+  },
+  ROLLBACK_INCOMPLETE: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary: "A batch failed and restoring the previous state failed too.",
+    fix: "Run `virtqos status` to see what differs, then `virtqos apply` or `virtqos clear --domain D`.",
+  },
+  TX_OPEN: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary:
+      "`virtqos tx begin` (or `apply --confirm`) while another transaction is open; one at a time per host.",
+    fix: "`virtqos tx status` shows the open one: commit it (`virtqos tx commit`) or roll it back (`virtqos tx rollback`).",
+  },
+  TX_NONE: {
+    exitCode: 1,
+    httpStatus: 404,
+    summary:
+      "`virtqos tx commit` or `rollback` with no transaction open (it may have timed out and been rolled back).",
+    fix: "`virtqos tx log` shows how the last transaction ended.",
+  },
+  TX_ROLLING_BACK: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary:
+      "A rollback of this transaction started (by a timeout, `tx rollback` or boot recovery) and has not finished.",
+    fix: "Run `virtqos tx rollback` to finish it; a commit is no longer possible.",
+  },
+  ROOT_QDISC_FOREIGN: {
+    exitCode: 3,
+    httpStatus: 409,
+    summary: "The interface's root qdisc was created by someone else; virtqos does not replace it.",
+    fix: "Remove the other tool's root qdisc if nothing else needs it (the message gives the `tc qdisc del` line) or leave the interface to it.",
+  },
+  INGRESS_QDISC_FOREIGN: {
+    exitCode: 3,
+    httpStatus: 409,
+    summary: "The device has an `ingress` qdisc but virtqos needs `clsact` (both hooks) there.",
+    fix: "If nothing else uses it, remove it (the message gives the `tc qdisc del` line), then apply again.",
+  },
+  CLSACT_UNAVAILABLE: {
+    exitCode: 3,
+    httpStatus: 503,
+    summary: "The kernel has no clsact qdisc, needed to redirect a device's egress.",
+    fix: "Use a kernel with CONFIG_NET_SCH_INGRESS (4.5 or newer).",
+  },
+  POLICE_UNAVAILABLE: {
+    exitCode: 3,
+    httpStatus: 503,
+    summary: "`outbound.mode: police` was asked for but the kernel lacks the police action.",
+    fix: "Remove `mode: police`; the default (shape through an IFB) works without it.",
+  },
+  INGRESS_FILTER_FOREIGN: {
+    exitCode: 3,
+    httpStatus: 409,
+    summary:
+      "Another tool's filter sits on the hook virtqos redirects from, at a priority the kernel evaluates first (libvirt's own `<bandwidth>` police filter is one): it would take the traffic before virtqos sees it, so virtqos does not shape that interface.",
+    fix: "Remove the other filter (the message gives the exact `tc filter del` line) and apply again, or leave the interface to that tool; for libvirt, move the limit from `<bandwidth>` to virtqos metadata or the policy file.",
+  },
+  IFB_UNAVAILABLE: {
+    exitCode: 3,
+    httpStatus: 503,
+    summary: "Guest upload shaping needs IFB devices, which this kernel cannot create.",
+    fix: "Enable CONFIG_IFB, or use `mode: police` where the police action exists.",
+  },
+  IFB_NAME_TAKEN: {
+    exitCode: 3,
+    httpStatus: 409,
+    summary: "A device with the name virtqos derived for an IFB exists and is not virtqos's.",
+    fix: "Delete or rename that device (the message names it).",
+  },
+  GROUP_ADMISSION: {
+    exitCode: 3,
+    httpStatus: 422,
+    summary:
+      "Adding this member would make the group's floors exceed its ceiling; it is shaped without a guarantee.",
+    fix: "Lower floors, raise the group ceiling or move the guest to another group; the message gives the numbers.",
+  },
+  GROUP_CONFLICT: {
+    exitCode: 3,
+    httpStatus: 422,
+    summary:
+      "An interface matches more than one group (policy selectors, members, metadata); it keeps its own limits.",
+    fix: "Narrow the selectors or memberships so each interface belongs to one group; the message names both groups.",
+  },
+  GROUP_UNKNOWN: {
+    exitCode: 3,
+    httpStatus: 404,
+    summary:
+      "Metadata or a policy rule names a group the policy does not define, or a parent group (which holds no members).",
+    fix: "Define the group under `groups:`, fix the name, or name one of the parent's child groups.",
+  },
+  NOT_ENFORCEABLE: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: the interface type has no host netdev (vhostuser, hostdev, user...), so tc cannot act on it.",
+    fix: "Use the device's own rate limiting (e.g. SR-IOV VF rate) or another interface type.",
+  },
+  NO_LIMITS: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: no limit applies to the interface (policy, metadata, `<bandwidth>`, `defaults`); it is not shaped.",
+    fix: "Give it limits, or set policy `defaults`; nothing to do if it is meant to be unlimited.",
+  },
+  DEVICE_ABSENT: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary: "A note: the interface's host device does not exist (yet, or any more); nothing to shape now.",
+    fix: "Nothing to do: the hook shapes it when the guest starts.",
+  },
+  BURST_ADJUSTED: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: a burst was lowered to the deepest bucket tc can express, or a police burst raised to hold a 64 KiB GSO packet.",
+    fix: "Nothing to do; a burst within the bounds the message names silences it.",
+  },
+  GROUP_ORPHANED: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary: "A warning: a group no longer in the policy still shapes guests; its tree is left as it is.",
+    fix: "Run `virtqos apply` for those guests (or restart them), or put the group back.",
+  },
+  INPUT_WARNING: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: part of the domain XML or policy was ignored or adjusted (a malformed value, a `<qos>` in another namespace, a peak below the average, a floor outside any group, `<bandwidth>` on an OVS port).",
+    fix: "The message names the element or field and what virtqos did instead.",
+  },
+  COMMAND_MISSING: {
+    exitCode: 1,
+    httpStatus: 503,
+    summary: "tc, ip or logger is not installed.",
+    fix: "apt-get install iproute2 bsdutils",
+  },
+  COMMAND_KILLED: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary:
+      "A tc or ip process was killed (a timeout, the hook's deadline) or not started; its output is incomplete.",
+    fix: "Run the command again; if it recurs, look for a hung tc/ip or a heavily loaded host.",
+  },
+  PROBE_FAILED: {
+    exitCode: 1,
+    httpStatus: 503,
+    summary:
+      "Probing the kernel's tc features was disturbed (its device taken or gone, a busy kernel) three times; nothing was cached or applied.",
+    fix: "Run the command again; `virtqos doctor` shows the probe's raw errors.",
+  },
+  LOCK_TIMEOUT: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary: "Another virtqos held the lock for too long.",
+    fix: "Check for a hung virtqos process; the lock is /run/virtqos/lock.",
+  },
+  HOOK_TIMEOUT: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary:
+      "The libvirt hook did not finish within `hookTimeout` (default 20s): it killed the tc/ip processes it had started, rolled back a batch it had begun (within 3 s more), released the lock and let the guest start (exit 1 only with `strict: true`).",
+    fix: "The message names the command that was still running; check for a hung tc/ip or a host under heavy load. The next `virtqos apply --xml` or guest start converges to the policy.",
+  },
+  RECORD_VERSION: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary:
+      "A state record has a format version this virtqos cannot read (a newer one wrote it); nothing changes while it is there.",
+    fix: "Run the newer virtqos, or delete the file the message names and run `virtqos apply`.",
+  },
+  STATUS_MISMATCH: {
+    exitCode: 4,
+    httpStatus: 409,
+    summary: "`virtqos status`: the kernel does not match what virtqos applied.",
+    fix: "Run `virtqos apply` (or restart the guest) to re-apply; the status output shows the difference.",
+  },
+  NOT_ROOT: {
+    exitCode: 1,
+    httpStatus: 503,
+    summary: "The command changes the kernel and must run as root.",
+    fix: "Run it with sudo or as root.",
+  },
+  INTERNAL: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary: "An error without a code of its own: a failed system call (permissions, a full disk) or a bug.",
+    fix: "The message says what failed; if it does not point at the host, report it.",
+  },
+} as const satisfies Record<string, ErrorInfo>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === "string" && Object.hasOwn(ERRORS, code);
+}
+
+/**
+ * The catalogue code an error carries, if any. By shape rather than `instanceof VirtqosError`: the policy
+ * parser runs from its own bundle (dist/policy.cjs) in the hook, with its own copy of the class.
+ */
+export function errorCodeOf(e: unknown): ErrorCode | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return isErrorCode(code) ? code : undefined;
+}
+
+/** Structured detail an error may carry for machine-readable output (the REST API, --json). */
+export type ErrorDetail = string | Readonly<Record<string, unknown>>;
+
+/** Every error virtqos throws on purpose: a catalogue code and a message with the specifics. */
+export class VirtqosError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly detail?: ErrorDetail,
+  ) {
+    super(message);
+  }
+}
+
+export type DiagnosticLevel = "error" | "warning" | "info";
+
+/**
+ * What the planner, group assignment and the engine report about an interface or the host: an error (the
+ * interface is not shaped as asked), a warning or a note. The fix is the catalogue's: ERRORS[code].fix.
+ */
+export interface Diagnostic {
+  code: ErrorCode;
+  level: DiagnosticLevel;
+  /** The interface (domain UUID/MAC) it is about, where it is about one. */
+  iface?: string;
+  /** The host device it is about, where it is about one. */
+  dev?: string;
+  /** The direction it is about, where it is about one. */
+  direction?: Direction;
+  message: string;
+}
+
+/** A diagnostic as output shows it (--json, the REST API): with the catalogue's fix. */
+export function withFix(d: Diagnostic): Diagnostic & { fix: string } {
+  return { ...d, fix: ERRORS[d.code].fix };
+}
+
+/** `CODE: message; fix: ...`, how logs and the CLI print an error-level diagnostic. */
+export function formatDiagnostic(d: Diagnostic): string {
+  return `${d.code}: ${d.message}; fix: ${ERRORS[d.code].fix}`;
+}
