@@ -2,7 +2,7 @@ import { admit, type GroupSpec, groupCeil, groupRate } from "./admission.js";
 import type { DesiredInterface, Direction, DomainRecord, MemberLimit } from "./model.js";
 import { fnv1a64 } from "./names.js";
 import type { LeafChoice } from "./policy/types.js";
-import { type Capabilities, chooseLeaf, htbClass } from "./recipe.js";
+import { type Capabilities, chooseLeaf, FRAME_BYTES, htbClass } from "./recipe.js";
 import {
   classidOf,
   GROUP_HASH_BUCKETS,
@@ -46,6 +46,8 @@ const NO_FLOOR_RATE_BITS = 8000;
 export interface TreeMember {
   key: string;
   mac: string;
+  /** The member's tap, where known: its MTU bounds the frames the member's leaf must pass. */
+  dev?: string;
   domainName: string;
   path: string[];
   limit: MemberLimit & { minor: number };
@@ -131,6 +133,7 @@ export function admitMembers(
         add(tk, {
           key,
           mac: i.mac,
+          dev: i.dev,
           domainName: r.domainName,
           path: i.group.path,
           limit: { ...m, minor: m.minor },
@@ -184,6 +187,7 @@ export function admitMembers(
     add(tk, {
       key: c.d.key,
       mac: c.d.mac,
+      dev: c.d.dev,
       domainName: c.d.domainName,
       path: c.path,
       limit: { ...c.m, minor },
@@ -201,6 +205,8 @@ export function buildGroupTree(
   d: Direction,
   caps: Capabilities,
   leafChoice: LeafChoice,
+  /** The largest frame each member's tap carries (maxFrameBytes of its MTU), by member key. */
+  frameBytesOf: (m: TreeMember) => number = () => FRAME_BYTES,
 ): Tree {
   const topCeil = groupCeil(top, d) ?? 0;
   const topRate = groupRate(top, d) ?? topCeil;
@@ -209,10 +215,13 @@ export function buildGroupTree(
   const classes: Tree["classes"] = [];
   const topId = classidOf(1);
   classes.push({ classid: topId, parent: ROOT_HANDLE, htb: cls(topRate, topCeil) });
+  // The default class carries whatever no member filter matched: any member's frames.
   const defaultLeaf = chooseLeaf(
     htbClass({ rateBitsPerSec: topCeil, ceilBitsPerSec: topCeil }).ceilBytesPerSec,
     caps,
     leafChoice,
+    false,
+    Math.max(FRAME_BYTES, ...members.map(frameBytesOf)),
   ).leaf;
   classes.push({
     classid: classidOf(DEFAULT_MINOR),
@@ -247,7 +256,7 @@ export function buildGroupTree(
     if (!parent) continue;
     const id = classidOf(m.limit.minor);
     const htb = cls(m.limit.floorBitsPerSec, m.limit.ceilBitsPerSec, m.limit.burstBytes);
-    const leaf = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice, true).leaf;
+    const leaf = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice, true, frameBytesOf(m)).leaf;
     classes.push({ classid: id, parent, htb, leaf, ...groupLeafHandles(leaf, m.limit.minor) });
     filters.push({
       kind: "member",

@@ -16,13 +16,19 @@ import type { Tree } from "./tc/tree.js";
 //
 // The class has no siblings, so nothing is lent or borrowed: HTB only paces, and the leaf keeps the queue short.
 
-export function interfaceTree(limit: DirectionLimit, caps: Capabilities, leafChoice: LeafChoice): Tree {
+export function interfaceTree(
+  limit: DirectionLimit,
+  caps: Capabilities,
+  leafChoice: LeafChoice,
+  /** The largest frame the tap carries (maxFrameBytes of its MTU): the leaf must pass it whole. */
+  frameBytes?: number,
+): Tree {
   const htb = htbClass({
     rateBitsPerSec: limit.rateBitsPerSec,
     ceilBitsPerSec: limit.ceilBitsPerSec,
     burstBytes: limit.burstBytes,
   });
-  const { leaf } = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice);
+  const { leaf } = chooseLeaf(htb.ceilBytesPerSec, caps, leafChoice, false, frameBytes);
   return {
     defaultMinor: 1,
     classes: [{ classid: IFACE_CLASSID, parent: ROOT_HANDLE, htb, leaf, ...ifaceLeafHandles(leaf) }],

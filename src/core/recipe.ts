@@ -60,6 +60,17 @@ export function describeLeaf(leaf: Leaf): string {
 
 /** One Ethernet frame as tc accounts it (no FCS, no preamble). */
 export const FRAME_BYTES = 1514;
+/** Ethernet header plus one VLAN tag, on top of the MTU. */
+const L2_OVERHEAD_BYTES = 18;
+
+/**
+ * The largest frame a device sends, from its MTU (1500 unless said otherwise). A TBF drops every packet larger
+ * than its bucket that it cannot split (jumbo frames are not GSO packets), so a GSO-splitting TBF's bucket
+ * must hold one.
+ */
+export function maxFrameBytes(mtuBytes: number | undefined): number {
+  return Math.max(FRAME_BYTES, (mtuBytes ?? 1500) + L2_OVERHEAD_BYTES);
+}
 /** Largest GSO super-packet a guest or the host stack hands to a qdisc (64 KiB payload plus headers). */
 export const GSO_MAX_BYTES = 65536 + FRAME_BYTES;
 /**
@@ -183,6 +194,8 @@ export function chooseLeaf(
    * that splits GSO packets keeps the split proportional to the floors.
    */
   segmentGso = false,
+  /** The largest frame the leaf must pass (maxFrameBytes of the device's MTU). */
+  frameBytes = FRAME_BYTES,
 ): LeafDecision {
   const hasTbf = caps.qdiscs.includes("tbf");
   // A byte FIFO holding ~20 ms of data, at least 10 frames.
@@ -193,7 +206,8 @@ export function chooseLeaf(
   const gsoSplitter = (burstBytes: number, child?: ChildLeaf): Leaf => ({
     kind: "tbf",
     rateBytesPerSec: 2 * ceilBytesPerSec,
-    burstBytes,
+    // Never below one whole frame of the device: a jumbo frame larger than the bucket would be dropped.
+    burstBytes: Math.max(burstBytes, frameBytes),
     limitBytes: fifoLimitBytes,
     ...(child ? { child } : {}),
   });

@@ -349,7 +349,7 @@ describe("linksFromJson / qdiscsFromJson", () => {
       { ifindex: 44 },
     ];
     assert.deepEqual(linksFromJson(json), [
-      { name: "lo", ifindex: 1, kind: undefined, alias: undefined, up: true, master: undefined },
+      { name: "lo", ifindex: 1, kind: undefined, alias: undefined, up: true, master: undefined, mtu: 65536 },
       {
         name: "vqi0123456789ab",
         ifindex: 42,
@@ -357,8 +357,9 @@ describe("linksFromJson / qdiscsFromJson", () => {
         alias: "virtqos/1,iface,u,m,vnet1",
         up: true,
         master: undefined,
+        mtu: undefined,
       },
-      { name: "vnet1", ifindex: 43, kind: "tun", alias: undefined, up: false, master: "br0" },
+      { name: "vnet1", ifindex: 43, kind: "tun", alias: undefined, up: false, master: "br0", mtu: undefined },
     ]);
     assert.deepEqual(linksFromJson(null), []);
   });

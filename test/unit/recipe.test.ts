@@ -11,6 +11,7 @@ import {
   GSO_SPLIT_BUCKET_SECONDS,
   htbClass,
   leafKey,
+  maxFrameBytes,
   quantumFor,
   TC_BUCKET_MAX_SECONDS,
 } from "../../src/core/recipe.js";
@@ -162,6 +163,21 @@ describe("chooseLeaf", () => {
       assert.equal(leaf.kind === "tbf" && leaf.burstBytes, 2 * FRAME_BYTES);
       assert.match(why, /group member/);
     }
+  });
+
+  test("a GSO-splitting tbf's bucket holds the device's largest frame (jumbo frames are not split)", () => {
+    for (const choice of ["auto", "fifo"] as const) {
+      for (const segment of [false, true]) {
+        const leaf = chooseLeaf(mbit(10), PRODUCTION, choice, segment, maxFrameBytes(9000)).leaf;
+        assert.equal(leaf.kind, "tbf", `${choice} ${segment}`);
+        assert.equal(leaf.kind === "tbf" && leaf.burstBytes, 9018, `${choice} group member ${segment}`);
+      }
+    }
+    assert.equal(maxFrameBytes(undefined), 1518);
+    assert.equal(maxFrameBytes(1400), FRAME_BYTES);
+    // A normal MTU changes nothing: the bucket already holds two frames.
+    const plain = chooseLeaf(mbit(10), PRODUCTION, "auto", false, maxFrameBytes(1500)).leaf;
+    assert.equal(plain.kind === "tbf" && plain.burstBytes, 2 * FRAME_BYTES);
   });
 
   test("without tbf, fq_codel stays on its own", () => {

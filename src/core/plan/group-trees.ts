@@ -3,7 +3,7 @@ import { type Admission, buildGroupTree, treeKey } from "../group-tree.js";
 import type { Direction } from "../model.js";
 import { formatIfbAlias, groupIfbName, parseIfbAlias } from "../names.js";
 import type { LeafChoice } from "../policy/types.js";
-import type { Capabilities } from "../recipe.js";
+import { type Capabilities, maxFrameBytes } from "../recipe.js";
 import type { ObservedLink } from "../tc/normalise.js";
 import type { Diagnostic, IfbWant } from "./types.js";
 
@@ -48,7 +48,9 @@ export function groupTreeWants(
     if (!top || members.length === 0) continue;
     out.ifbs.set(name, {
       alias: formatIfbAlias({ role: "group", group: tree, direction }),
-      tree: buildGroupTree(top, groups, members, direction, caps, leafChoice),
+      tree: buildGroupTree(top, groups, members, direction, caps, leafChoice, (m) =>
+        maxFrameBytes(m.dev ? links.get(m.dev)?.mtu : undefined),
+      ),
       tag: {},
     });
   }

@@ -2,7 +2,7 @@ import { interfaceTree } from "../iface-tree.js";
 import type { DesiredInterface, Direction, DirectionLimit, DomainRecord, GroupMembership } from "../model.js";
 import { formatIfbAlias, groupIfbName, interfaceIfbName } from "../names.js";
 import type { LeafChoice } from "../policy/types.js";
-import { type Capabilities, maxBucketBytes, policeBurstBytes } from "../recipe.js";
+import { type Capabilities, maxBucketBytes, maxFrameBytes, policeBurstBytes } from "../recipe.js";
 import { PRIO_REDIRECT, PRIO_REDIRECT_EGRESS } from "../tc/handles.js";
 import type { ObservedLink } from "../tc/normalise.js";
 import { formatRate, formatSize, toKernelBytesPerSec } from "../units.js";
@@ -83,7 +83,8 @@ export function interfaceWants(
     }
     const want: DeviceWant = out.devices.get(d.dev) ?? { filters: [], owner: d.key };
     out.devices.set(d.dev, want);
-    const ctx: IfaceContext = { d, dev: d.dev, label, want, caps, leafChoice, out };
+    const frameBytes = maxFrameBytes(links.get(d.dev)?.mtu);
+    const ctx: IfaceContext = { d, dev: d.dev, label, want, caps, leafChoice, out, frameBytes };
     // What is really enforced per direction, for the record (a refused member falls back to its own limit).
     const applied: { inbound?: DirectionLimit; outbound?: DirectionLimit } = {};
     const recordGroup: GroupMembership | undefined = d.group
@@ -108,7 +109,7 @@ export function interfaceWants(
       const policed = limit.mode === "police" && direction === "outbound" && side !== "root";
       if (!policed) warnBurstLowered(ctx, direction, limit);
       if (side === "root") {
-        want.tree = interfaceTree(limit, caps, leafChoice);
+        want.tree = interfaceTree(limit, caps, leafChoice, frameBytes);
         want.treeTag = tag;
       } else if (limit.mode === "police" && direction === "outbound") {
         wantPolice(ctx, limit, tag);
@@ -133,6 +134,8 @@ interface IfaceContext {
   d: DesiredInterface;
   dev: string;
   label: string;
+  /** The largest frame the tap carries. */
+  frameBytes: number;
   want: DeviceWant;
   caps: Capabilities;
   leafChoice: LeafChoice;
@@ -221,7 +224,7 @@ function wantIfb(ctx: IfaceContext, direction: Direction, limit: DirectionLimit,
   const ifb = interfaceIfbName(d.domainUuid, d.mac);
   ctx.out.ifbs.set(ifb, {
     alias: formatIfbAlias({ role: "iface", domainUuid: d.domainUuid, mac: d.mac, dev: ctx.dev }),
-    tree: interfaceTree(limit, ctx.caps, ctx.leafChoice),
+    tree: interfaceTree(limit, ctx.caps, ctx.leafChoice, ctx.frameBytes),
     tag,
   });
   ctx.want.filters.push({

@@ -11,6 +11,8 @@ export interface ObservedLink {
   alias?: string;
   up: boolean;
   master?: string;
+  /** The device's MTU in bytes (layer 3), where ip reports it. */
+  mtu?: number;
 }
 
 export interface ObservedQdisc {
@@ -133,6 +135,7 @@ export function linksFromJson(json: unknown): ObservedLink[] {
         alias: typeof l.ifalias === "string" ? l.ifalias : undefined,
         up: flags.includes("UP"),
         master: typeof l.master === "string" ? l.master : undefined,
+        mtu: typeof l.mtu === "number" ? l.mtu : undefined,
       },
     ];
   });
