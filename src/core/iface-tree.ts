@@ -12,7 +12,7 @@ import type { Tree } from "./tc/tree.js";
 //   7651:  root HTB, default 7651:1 (every frame is the guest's)
 //   └── 7651:1  rate = average, ceil = peak|average, burst = given|from rate, cburst from ceil
 //       └── 7652:..7656: leaf qdisc (one handle per kind: bfifo, sfq, fq_codel, tbf, tbf+fq_codel)
-//           └── 7657:    fq_codel under the GSO-splitting tbf 7656: (parent 7656:1), below ~107 Mbit/s
+//           └── 7657:    fq_codel under the GSO-splitting tbf 7656: (parent 7656:1), below ~54 Mbit/s
 //
 // The class has no siblings, so nothing is lent or borrowed: HTB only paces, and the leaf keeps the queue short.
 

@@ -347,7 +347,7 @@ describe("restore: per-interface trees on the fake kernel", () => {
       const h = host(PRODUCTION);
       assertRestores(h, () => h.apply([xml(BW_B)]));
     });
-    test(`${name}: fq_codel under its tbf becomes plain fq_codel above ~107 Mbit/s, and back`, () => {
+    test(`${name}: fq_codel under its tbf becomes plain fq_codel above ~54 Mbit/s, and back`, () => {
       const h = host(PRODUCTION);
       assertRestores(
         h,

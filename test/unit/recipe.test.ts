@@ -110,13 +110,14 @@ describe("htbClass", () => {
 describe("chooseLeaf", () => {
   const ceil = mbit(100);
 
-  test("auto: fq_codel where available (plain above ~107 Mbit/s)", () => {
+  test("auto: fq_codel where available (plain above ~54 Mbit/s)", () => {
     assert.deepEqual(chooseLeaf(mbit(200), PRODUCTION, "auto").leaf, { kind: "fq_codel" });
-    assert.equal(leafKey(chooseLeaf(ceil, PRODUCTION, "auto").leaf), "tbf+fq_codel");
+    assert.deepEqual(chooseLeaf(ceil, PRODUCTION, "auto").leaf, { kind: "fq_codel" });
+    assert.equal(leafKey(chooseLeaf(mbit(10), PRODUCTION, "auto").leaf), "tbf+fq_codel");
   });
 
-  test("fq_codel below ~107 Mbit/s sits under a GSO-splitting tbf at twice the ceiling", () => {
-    for (const rate of [0.008, 1, 10, 30, 100, 107]) {
+  test("fq_codel below ~54 Mbit/s sits under a GSO-splitting tbf at twice the ceiling", () => {
+    for (const rate of [0.008, 1, 10, 30, 53]) {
       const d = chooseLeaf(mbit(rate), PRODUCTION, "auto");
       assert.deepEqual(
         d.leaf,
@@ -137,11 +138,11 @@ describe("chooseLeaf", () => {
     assert.equal(leafKey(chooseLeaf(mbit(10), PRODUCTION, "fq_codel").leaf), "tbf+fq_codel");
   });
 
-  test("the split stops where a GSO packet takes fq_codel's 5 ms target at the ceiling", () => {
-    assert.equal(FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC, GSO_MAX_BYTES / 0.005); // 107.28 Mbit/s
+  test("the split stops where a GSO packet takes twice fq_codel's 5 ms target at the ceiling", () => {
+    assert.equal(FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC, GSO_MAX_BYTES / 0.01); // 53.64 Mbit/s
     const at = FQ_CODEL_SPLIT_BELOW_BYTES_PER_SEC;
     assert.equal(leafKey(chooseLeaf(at - 1, PRODUCTION, "auto").leaf), "tbf+fq_codel");
-    for (const b of [at, mbit(108), mbit(1000), mbit(10000)])
+    for (const b of [at, mbit(54), mbit(100), mbit(1000), mbit(10000)])
       assert.deepEqual(chooseLeaf(b, PRODUCTION, "auto").leaf, { kind: "fq_codel" });
   });
 
@@ -153,7 +154,7 @@ describe("chooseLeaf", () => {
     };
     assert.equal(burst(10), 3028);
     assert.equal(burst(30), 7500);
-    assert.equal(burst(100), 25_000);
+    assert.equal(burst(50), 12_500);
   });
 
   test("group members get fq_codel under the GSO-splitting tbf at every rate, with a two-frame bucket", () => {
@@ -221,7 +222,7 @@ describe("chooseLeaf", () => {
     assert.equal(chooseLeaf(ceil, THIS_KERNEL, "fq_codel").leaf.kind, "bfifo");
     assert.equal(chooseLeaf(ceil, THIS_KERNEL, "sfq").leaf.kind, "bfifo");
     const noSfq = { ...PRODUCTION, qdiscs: PRODUCTION.qdiscs.filter((q) => q !== "sfq") };
-    assert.equal(leafKey(chooseLeaf(ceil, noSfq, "sfq").leaf), "tbf+fq_codel");
+    assert.equal(leafKey(chooseLeaf(mbit(10), noSfq, "sfq").leaf), "tbf+fq_codel");
     assert.equal(leafKey(chooseLeaf(mbit(200), noSfq, "sfq").leaf), "fq_codel");
   });
 
