@@ -124,9 +124,11 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
       // 100 ms intervals: a stall of more than 100 ms shows as an interval with (almost) nothing in it.
       const worst = Math.min(...iv.map((x) => x.l2BitsPerSec));
       assert.ok(worst > 0.2 * 30e6, `${direction}: an interval dropped to ${mbit(worst)}`);
-      // Never unshaped: no interval far above the ceiling (a burst allows ~5%).
+      // Never unshaped: no interval far above the ceiling. Unshaped, these namespaces carry tens of Gbit/s, so
+      // 100 ms of it would be hundreds of times the ceiling; on a loaded host iperf3's 100 ms intervals jitter
+      // by up to ~40 % (bytes counted in the next interval), so the bound is twice the ceiling, not 1.3x.
       const most = Math.max(...iv.map((x) => x.l2BitsPerSec));
-      assert.ok(most < 1.3 * 30e6, `${direction}: an interval reached ${mbit(most)}: shaping gap`);
+      assert.ok(most < 2 * 30e6, `${direction}: an interval reached ${mbit(most)}: shaping gap`);
     }
     await applyXml(h, [xml.rob], pol());
   });
