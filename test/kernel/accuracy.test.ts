@@ -72,11 +72,14 @@ for (const leaf of ["auto", "sfq"] as const) {
 
     for (const rate of RATES_MBIT) {
       for (const protocol of ["tcp", "udp"] as const) {
-        // Known failure, kept running and reported: with the sfq leaf, UDP at 100 Mbit/s measured 0.78-0.97
-        // of the limit in the VM with no drops at the shaper, where fq_codel gets ~1.00 in the same run.
+        // Known failure, kept running and reported: UDP at 100 Mbit/s download, one iperf3 sender in the TCG
+        // VM. sfq measured 0.78-0.97 of the limit, fq_codel 0.98-1.00 on quiet runs but 0.958-0.968 on
+        // 2026-11-29 (and 0.82-0.96 with the GSO-splitting tbf in front, before that stage was limited to
+        // < 54 Mbit/s), always with no loss at the shaper: the sender did not offer the limit. Upload and TCP
+        // pass; the host benchmarks measure UDP at 100 Mbit/s at 1.000.
         const todo =
-          leaf === "sfq" && rate === 100 && protocol === "udp"
-            ? "sfq undershoots 100 Mbit/s UDP in the VM (0.78-0.97, no drops): cause not found yet"
+          rate === 100 && protocol === "udp"
+            ? `${leaf === "sfq" ? "sfq" : "fq_codel"} at 100 Mbit/s UDP download in the VM: 0.78-0.97 (sfq), 0.958-1.00 (fq_codel), no loss at the shaper; the VM's UDP sender, not yet separated from the shaper`
             : undefined;
         test(
           `${rate} Mbit/s ${protocol.toUpperCase()}, download and upload within 3 %`,

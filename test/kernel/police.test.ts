@@ -117,10 +117,18 @@ describe("upload: police", { skip: gate.skip }, () => {
         console.log(
           `police ${rate} Mbit/s UDP upload (offered 2x): per second ${udp.intervalsL2.map((x) => (x / limit).toFixed(3)).join(" ")} x limit; last 3 s ${(steady / limit).toFixed(4)}; loss ${udp.lostPercent.toFixed(1)} %`,
         );
-        check(
-          steady <= 1.02 * limit,
-          `UDP through the policer after its bucket: ${mbit(steady)} > 1.02 x ${mbit(limit)}`,
-        );
+        // A policer that dropped nothing never emptied its bucket: the sender offered less than rate x time +
+        // bucket (one iperf3 in the TCG VM reaches only ~1.0-1.25x at 100 Mbit/s), so there is no "after the
+        // bucket" to judge, only the token-bucket contract below.
+        if (udp.lostPercent > 0)
+          check(
+            steady <= 1.02 * limit,
+            `UDP through the policer after its bucket: ${mbit(steady)} > 1.02 x ${mbit(limit)}`,
+          );
+        else
+          console.log(
+            `police ${rate} Mbit/s: nothing dropped, the bucket was never spent; contract judged alone`,
+          );
         check(
           steady >= 0.9 * limit,
           `UDP through the policer: only ${mbit(steady)} (did the sender offer 2x?)`,
