@@ -66,7 +66,7 @@ export async function observe(
           detailArgs,
           "",
           new Promise<string>((resolve) => {
-            detailLines = (lines) => resolve(lines.length ? `${lines.join("\n")}\n` : "");
+            detailLines = (lines) => resolve(batchText(lines));
           }),
         )
       : undefined;
@@ -117,15 +117,11 @@ async function observeWith(
   } else {
     const lines = queries.flatMap(observeBatchLines);
     detailLines(lines);
-    const res = early ? await early : await runner.run("tc", detailArgs, `${lines.join("\n")}\n`);
+    const res = early ? await early : await runner.run("tc", detailArgs, batchText(lines));
     if (res.code !== 0) {
       // A device vanished between the dumps (a guest stopped): ask again device by device, skipping the gone.
       for (const q of queries) {
-        const one = await runner.run(
-          "tc",
-          ["-d", "-j", "-batch", "-"],
-          `${observeBatchLines(q).join("\n")}\n`,
-        );
+        const one = await runner.run("tc", ["-d", "-j", "-batch", "-"], batchText(observeBatchLines(q)));
         if (one.code !== 0) continue;
         const part = splitObserveOutput(one.stdout, [q]).get(q.dev);
         if (part) devices.set(q.dev, { ...part, qdiscs: qdiscs.get(q.dev) ?? [] });
@@ -142,6 +138,11 @@ async function observeWith(
   return { links, devices, records: opts.records };
 }
 
+/** A batch's stdin: one command per line, newline-terminated; nothing for no lines. */
+function batchText(lines: string[]): string {
+  return lines.length ? `${lines.join("\n")}\n` : "";
+}
+
 /** Feed lines to `tc -batch -` or `ip -batch -`. iproute2 stops at the first failing line and says which. */
 export async function runBatch(
   runner: Runner,
@@ -151,7 +152,7 @@ export async function runBatch(
 ): Promise<void> {
   if (!lines.length) return;
   const args = force ? ["-force", "-batch", "-"] : ["-batch", "-"];
-  checkBatch(tool, lines, force, await runner.run(tool, args, `${lines.join("\n")}\n`));
+  checkBatch(tool, lines, force, await runner.run(tool, args, batchText(lines)));
 }
 
 /**
@@ -164,7 +165,6 @@ export async function runBatchStaged(
   head: string[],
   tail: Promise<string[]>,
 ): Promise<void> {
-  const text = (lines: string[]) => (lines.length ? `${lines.join("\n")}\n` : "");
   if (!runner.runStaged) {
     const rest = await tail.catch(() => []);
     return runBatch(runner, tool, [...head, ...rest]);
@@ -172,9 +172,9 @@ export async function runBatchStaged(
   let lines = head;
   const tailText = tail.then((rest) => {
     lines = [...head, ...rest];
-    return text(rest);
+    return batchText(rest);
   });
-  const res = await runner.runStaged(tool, ["-batch", "-"], text(head), tailText);
+  const res = await runner.runStaged(tool, ["-batch", "-"], batchText(head), tailText);
   checkBatch(tool, lines, false, res);
 }
 

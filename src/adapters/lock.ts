@@ -106,6 +106,9 @@ export async function acquireFileLock(runDir: string, timeoutMs: number, name = 
       // A killed owner's children live on (a `tc -batch` half way through its lines): stop them first, or
       // they would change the kernel under the new owner's feet after it observed it.
       await stopOrphans(file);
+      // Where one owner died, another may have died between writing its pid aside and linking it: the
+      // stale path, not every acquire, clears those files (a guest start pays for no directory read).
+      sweepAside(file);
       try {
         unlinkSync(file);
       } catch {
@@ -140,7 +143,6 @@ function takeFile(file: string): void {
       // Already gone.
     }
   }
-  sweepAside(file);
 }
 
 /** Remove `<lock>.<pid>.tmp` files of dead processes (one killed between its write and its link). */
