@@ -95,42 +95,49 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
   test("a busy member sees no stall and no unshaped gap while another joins and leaves", async () => {
     const [c] = lab.guests;
     await removeDomain(h, uuids.rob);
-    for (const direction of DIRS) {
-      const transfer = runTransfers(lab, [
-        { guest: c, direction, protocol: "tcp", seconds: 6, omitSeconds: 1, intervalSeconds: 0.1 },
-      ]);
-      await sleep(2500);
-      const joined = await applyXml(h, [xml.rob], pol());
-      assert.equal(joined.failure, undefined);
-      // The join touched only rob's class, leaf and filters (and rob's tap), nothing of cliff's.
-      const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0].group
-        ?.inbound?.minor;
-      assert.ok(cliffMinor !== undefined);
-      const cliffClass = `7651:${cliffMinor.toString(16)}`;
-      const touched = JSON.stringify(joined.plan.ops);
-      assert.ok(
-        joined.plan.ops.every((o) => o.dev !== c.tap),
-        "join touched cliff's tap",
-      );
-      assert.ok(
-        !touched.includes(`${cliffClass}"`) && !touched.includes(`${cliffClass} `),
-        `join touched ${cliffClass}: ${touched}`,
-      );
-      await sleep(1500);
-      await removeDomain(h, uuids.rob);
-      const [res] = await transfer;
-      const iv = res.intervals;
-      assert.ok(iv.length >= 40, `only ${iv.length} intervals`);
-      // 100 ms intervals: a stall of more than 100 ms shows as an interval with (almost) nothing in it.
-      const worst = Math.min(...iv.map((x) => x.l2BitsPerSec));
-      assert.ok(worst > 0.2 * 30e6, `${direction}: an interval dropped to ${mbit(worst)}`);
-      // Never unshaped: no interval far above the ceiling. Unshaped, these namespaces carry tens of Gbit/s, so
-      // 100 ms of it would be hundreds of times the ceiling; on a loaded host iperf3's 100 ms intervals jitter
-      // by up to ~40 % (bytes counted in the next interval), so the bound is twice the ceiling, not 1.3x.
-      const most = Math.max(...iv.map((x) => x.l2BitsPerSec));
-      assert.ok(most < 2 * 30e6, `${direction}: an interval reached ${mbit(most)}: shaping gap`);
+    try {
+      for (const direction of DIRS) {
+        const transfer = runTransfers(lab, [
+          { guest: c, direction, protocol: "tcp", seconds: 6, omitSeconds: 1, intervalSeconds: 0.1 },
+        ]);
+        await sleep(2500);
+        const joined = await applyXml(h, [xml.rob], pol());
+        assert.equal(joined.failure, undefined);
+        // The join touched only rob's class, leaf and filters (and rob's tap), nothing of cliff's: this is the
+        // structural proof; the traffic below shows its effect.
+        const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0].group
+          ?.inbound?.minor;
+        assert.ok(cliffMinor !== undefined);
+        const cliffClass = `7651:${cliffMinor.toString(16)}`;
+        const touched = JSON.stringify(joined.plan.ops);
+        assert.ok(
+          joined.plan.ops.every((o) => o.dev !== c.tap),
+          "join touched cliff's tap",
+        );
+        assert.ok(
+          !touched.includes(`${cliffClass}"`) && !touched.includes(`${cliffClass} `),
+          `join touched ${cliffClass}: ${touched}`,
+        );
+        await sleep(1500);
+        await removeDomain(h, uuids.rob);
+        const [res] = await transfer;
+        const iv = res.intervals.map((x) => x.l2BitsPerSec);
+        assert.ok(iv.length >= 40, `only ${iv.length} intervals`);
+        // Judged on 300 ms windows (three of iperf3's 100 ms intervals): on a loaded host a descheduled iperf3
+        // books one interval's bytes in the next, so single intervals swing from ~0 to ~2x with nothing wrong.
+        // A stall (a deleted class, a TCP timeout of 200 ms or more) still empties most of a window; an
+        // unshaped moment (tens of Gbit/s in these namespaces) makes a window hundreds of times the ceiling.
+        const windows = iv.slice(2).map((_, i) => (iv[i] + iv[i + 1] + iv[i + 2]) / 3);
+        const series = iv.map((x) => (x / 1e6).toFixed(1)).join(" ");
+        const worst = Math.min(...windows);
+        assert.ok(worst > 0.25 * 30e6, `${direction}: a 300 ms window dropped to ${mbit(worst)} (Mbit/s: ${series})`);
+        const most = Math.max(...windows);
+        assert.ok(most < 1.5 * 30e6, `${direction}: a 300 ms window reached ${mbit(most)}: shaping gap (${series})`);
+      }
+    } finally {
+      // The next test counts rob's members: put him back even when an assertion above failed.
+      await applyXml(h, [xml.rob], pol());
     }
-    await applyXml(h, [xml.rob], pol());
   });
 
   test("status reports every member in its group, matching", async () => {
