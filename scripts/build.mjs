@@ -29,7 +29,14 @@ const policyApart = {
 
 rmSync("dist/hook", { recursive: true, force: true });
 await Promise.all([
-  build({ ...common, entryPoints: ["src/main.ts"], outfile: "dist/virtqos.mjs" }),
+  // The agent's HTTP server and SQLite store stay in node_modules (better-sqlite3 is a native addon) and are
+  // imported only by the commands that use them, so the other commands do not load them.
+  build({
+    ...common,
+    entryPoints: ["src/main.ts"],
+    outfile: "dist/virtqos.mjs",
+    external: ["better-sqlite3", "fastify"],
+  }),
   // The hook: one minified CommonJS bundle, run by dist/hook-loader.cjs with V8's code cache.
   build({
     ...common,

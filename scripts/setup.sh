@@ -11,8 +11,9 @@ command -v node >/dev/null || { echo "setup: Node.js 20 is required (node not fo
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
   { echo "setup: Node.js 20 is required, found $(node -v)" >&2; exit 1; }
 
-# iproute2: tc/ip; iperf3 + iputils-ping: the lab and tests measure with them; bsdutils: logger(1) for syslog.
-PACKAGES=(iproute2 iperf3 iputils-ping bsdutils)
+# iproute2: tc/ip; iperf3 + iputils-ping: the lab and tests measure with them; bsdutils: logger(1) for syslog;
+# python3, make, g++: better-sqlite3 (the agent's audit log) compiles its addon when no prebuilt one downloads.
+PACKAGES=(iproute2 iperf3 iputils-ping bsdutils python3 make g++)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then

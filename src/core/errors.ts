@@ -20,17 +20,22 @@ export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
 
 /**
  * HTTP statuses the REST API answers with. 200: a warning or note (the request succeeded); 400: invalid input;
- * 404: something named does not exist; 409: a conflict with the host's state (another tool's qdisc or filter,
- * a lock held, a transaction open); 422: well-formed but refused by a rule; 500: a kernel or tool failure;
- * 503: a feature, tool or privilege this host lacks, or a transient failure worth retrying.
+ * 401: no valid token; 403: the token's role or scope does not allow it; 404: something named does not exist; 409: a conflict with the host's state (another tool's qdisc or filter,
+ * a lock held, a transaction open, a guest not running); 413: a request body too large; 422: well-formed but
+ * refused by a rule; 500: a kernel or tool failure; 501: an interface type tc cannot shape (the Nova action's
+ * answer); 503: a feature, tool or privilege this host lacks, or a transient failure worth retrying.
  */
 export const HTTP = {
   OK: 200,
   BAD_REQUEST: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
   NOT_FOUND: 404,
   CONFLICT: 409,
+  PAYLOAD_TOO_LARGE: 413,
   UNPROCESSABLE: 422,
   INTERNAL: 500,
+  NOT_IMPLEMENTED: 501,
   UNAVAILABLE: 503,
 } as const;
 
@@ -251,6 +256,102 @@ export const ERRORS = {
     httpStatus: 409,
     summary: "`virtqos status`: the kernel does not match what virtqos applied.",
     fix: "Run `virtqos apply` (or restart the guest) to re-apply; the status output shows the difference.",
+  },
+  REQUEST_INVALID: {
+    exitCode: 2,
+    httpStatus: 400,
+    summary:
+      "A request to the agent (body, path, query) or a live change's arguments failed validation: a wrong type, an unknown field, a number out of range, a rate without a unit where one is needed.",
+    fix: "The message names the field (`/inbound/average`) and what it accepts; the schemas are in the agent's OpenAPI document (`GET /v1/openapi.json`).",
+  },
+  BODY_TOO_LARGE: {
+    exitCode: 1,
+    httpStatus: 413,
+    summary: "A request body to the agent is larger than it accepts (64 KiB).",
+    fix: "Send one interface's change per request; a change is a few hundred bytes.",
+  },
+  AUTH_REQUIRED: {
+    exitCode: 1,
+    httpStatus: 401,
+    summary: "A request to the agent's TCP listener carried no token, or one that matches no token.",
+    fix: "Send `Authorization: Bearer <token>` (or `X-Auth-Token: <token>`); create a token with `virtqos token add NAME --role ...`.",
+  },
+  FORBIDDEN: {
+    exitCode: 1,
+    httpStatus: 403,
+    summary:
+      "The token's role or domain scope does not allow this request (reader: reads; operator: live changes to domains in scope; admin: everything, the audit log).",
+    fix: "Use a token with the role and scope the request needs (`virtqos token list`), or ask an admin for one.",
+  },
+  DOMAIN_NOT_FOUND: {
+    exitCode: 1,
+    httpStatus: 404,
+    summary: "No domain with that name or UUID is known to libvirt (or to the caller's scope).",
+    fix: "Check the name or UUID with `virsh list --all`.",
+  },
+  INTERFACE_NOT_FOUND: {
+    exitCode: 1,
+    httpStatus: 404,
+    summary: "The domain has no interface with that target device, MAC address, alias or 1-based index.",
+    fix: "`virtqos get DOMAIN` (or `virsh domiflist DOMAIN`) lists the domain's interfaces.",
+  },
+  DOMAIN_NOT_RUNNING: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary: "A live change was asked for a domain that is not running.",
+    fix: "Start the domain, or change its configuration only (`--config`, `persist: config`).",
+  },
+  NOT_SHAPEABLE: {
+    exitCode: 1,
+    httpStatus: 501,
+    summary:
+      "The interface's type gives the host no network device for tc to shape (vhostuser, hostdev, user, ...).",
+    fix: "Limit such an interface where its traffic passes (the switch, the vhost-user backend), not with virtqos.",
+  },
+  LIBVIRT_UNAVAILABLE: {
+    exitCode: 1,
+    httpStatus: 503,
+    summary: "libvirt could not be reached (virsh missing, libvirtd not running, the connection refused).",
+    fix: "Start libvirtd (`systemctl start libvirtd`); the message quotes virsh's error. The agent reconnects by itself.",
+  },
+  TOKEN_EXISTS: {
+    exitCode: 1,
+    httpStatus: 409,
+    summary: "A token with that name already exists.",
+    fix: "Pick another name, or `virtqos token revoke NAME` first.",
+  },
+  TOKEN_NOT_FOUND: {
+    exitCode: 1,
+    httpStatus: 404,
+    summary: "No token has that name.",
+    fix: "`virtqos token list` shows the names.",
+  },
+  TLS_REQUIRED: {
+    exitCode: 2,
+    httpStatus: 400,
+    summary:
+      "The agent was asked to listen on a non-loopback TCP address without TLS: tokens would cross the network in clear.",
+    fix: "Give `--tls-cert FILE --tls-key FILE`, or listen on 127.0.0.1 / ::1 (or only on the unix socket).",
+  },
+  AUDIT_FAILED: {
+    exitCode: 1,
+    httpStatus: 500,
+    summary:
+      "The audit log (SQLite, /var/lib/virtqos/audit.db) could not be opened or written; the change was not made.",
+    fix: "The message quotes SQLite's error: check the disk and the file's permissions.",
+  },
+  LIVE_STORE_INVALID: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A file of live limits (/var/lib/virtqos/live/<uuid>.json) could not be read; its limits were ignored and the configured ones apply.",
+    fix: "The message names the file and the reason; set the limits again with `virtqos set`, or delete the file.",
+  },
+  ROUTE_NOT_FOUND: {
+    exitCode: 1,
+    httpStatus: 404,
+    summary: "The agent has no such route (or not for that method).",
+    fix: "The routes are in `GET /v1/openapi.json`.",
   },
   NOT_ROOT: {
     exitCode: 1,
