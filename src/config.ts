@@ -56,3 +56,33 @@ export function hookNetns(explicit?: string): string | undefined {
 export function bootIdOverride(): string | undefined {
   return process.env.VIRTQOS_BOOT_ID || undefined;
 }
+
+export const DEFAULT_TOKENS_PATH = "/etc/virtqos/tokens.yaml";
+/** The agent's unix socket: root and group `virtqos`, mode 0660. */
+export const DEFAULT_API_SOCKET = "/run/virtqos/api.sock";
+export const DEFAULT_LIBVIRT_URI = "qemu:///system";
+
+/** The agent's bearer tokens (hashes only): $VIRTQOS_TOKENS, else /etc/virtqos/tokens.yaml. */
+export function tokensPath(explicit?: string): string {
+  return explicit ?? process.env.VIRTQOS_TOKENS ?? DEFAULT_TOKENS_PATH;
+}
+
+/** The audit log (SQLite): <state dir>/audit.db. */
+export function auditDbPath(stateDir = defaultStateDir()): string {
+  return `${stateDir}/audit.db`;
+}
+
+/** Live limits, one small JSON file per domain UUID, read by the hook at start: <state dir>/live. */
+export function liveDir(stateDir = defaultStateDir()): string {
+  return `${stateDir}/live`;
+}
+
+/** The agent's unix socket: $VIRTQOS_API_SOCKET, else /run/virtqos/api.sock. */
+export function apiSocketPath(explicit?: string): string {
+  return explicit ?? process.env.VIRTQOS_API_SOCKET ?? DEFAULT_API_SOCKET;
+}
+
+/** Which libvirt the CLI and the agent talk to: $VIRTQOS_LIBVIRT_URI, else qemu:///system. */
+export function libvirtUri(explicit?: string): string {
+  return explicit ?? process.env.VIRTQOS_LIBVIRT_URI ?? DEFAULT_LIBVIRT_URI;
+}

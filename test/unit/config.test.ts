@@ -19,6 +19,9 @@ import {
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const VARS = [
+  "VIRTQOS_TOKENS",
+  "VIRTQOS_API_SOCKET",
+  "VIRTQOS_LIBVIRT_URI",
   "VIRTQOS_CONFIG",
   "VIRTQOS_RUN_DIR",
   "VIRTQOS_STATE_DIR",
