@@ -1,5 +1,6 @@
 import { type ProcessRunner, processRunner } from "./adapters/exec.js";
 import { type BaseDump, dumpLinksAndQdiscs } from "./adapters/kernel.js";
+import { dropLiveSlots } from "./adapters/live-store.js";
 import { acquireLock } from "./adapters/lock.js";
 import { createLogger, type Logger } from "./adapters/log.js";
 import { loadPolicyCached, policyAsksStrict } from "./adapters/policy-file.js";
@@ -233,6 +234,14 @@ async function hookWork(
     // Past the deadline before the first change (the lock or the XML came too late): change nothing.
     if (deadline.isExpired) return { exitCode: deadline.strict ? 1 : 0, stdout: "", deadlinePassed: true };
     const domain = parseDomainXml(stdin);
+    // A new run of the guest: the previous run's live-only limits (`virtqos set --live`) end here.
+    if (operation === "start" && action === "apply") {
+      try {
+        dropLiveSlots(undefined, domain.uuid);
+      } catch (e) {
+        log.warning(`LIVE_STORE_INVALID: ${(e as Error).message}; the configured limits apply`);
+      }
+    }
     const result = await reconcile(
       {
         runner: opts.runner,

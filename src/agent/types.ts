@@ -42,6 +42,8 @@ export interface LiveChange {
   inbound?: RateInput;
   outbound?: RateInput;
   persist: Persist;
+  /** Which door the change came through, for the audit log (set by the door, never from a request body). */
+  door?: AuditDoor;
 }
 
 export interface DomainSummary {

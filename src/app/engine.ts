@@ -1,5 +1,6 @@
 import type { Runner } from "../adapters/exec.js";
 import { type BaseDump, BatchError, observe, runBatch, runBatchStaged } from "../adapters/kernel.js";
+import { liveLimitsOf, readLiveFile } from "../adapters/live-store.js";
 import { acquireLock } from "../adapters/lock.js";
 import type { Logger } from "../adapters/log.js";
 import { cachedCapabilities } from "../adapters/probe.js";
@@ -69,6 +70,21 @@ export interface ReconcileResult {
   };
 }
 
+/**
+ * The domain with its live limits (`virtqos set`, the API) from the live store, unless the caller gave them.
+ * A damaged store file is a warning: the configured limits apply, the guest is never held up by it.
+ */
+function withLive(d: DomainInfo, ctx: EngineContext, warnings: Diagnostic[]): DomainInfo {
+  if (d.live) return d;
+  try {
+    const live = liveLimitsOf(readLiveFile(ctx.stateDir, d.uuid));
+    return live.length ? { ...d, live } : d;
+  } catch (e) {
+    warnings.push({ code: "LIVE_STORE_INVALID", level: "warning", message: (e as Error).message });
+    return d;
+  }
+}
+
 export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Promise<ReconcileResult> {
   const caps = ctx.caps ?? (await cachedCapabilities(ctx.runner, ctx.runDir));
   // What reading the XML and the policy warned about (no code of its own yet: INPUT_WARNING) goes first among
@@ -79,7 +95,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   if (req.desired) desired.push(...req.desired);
   else {
     for (const d of req.domains) {
-      const r = resolveDomain(d, req.policy);
+      const r = resolveDomain(withLive(d, ctx, warnings), req.policy);
       desired.push(...r.interfaces);
       for (const message of r.warnings) warnings.push({ code: "INPUT_WARNING", level: "warning", message });
       resolveProblems.push(...r.problems);

@@ -129,7 +129,7 @@ export function assignGroup(
 }
 
 /**
- * A member's floor and ceiling: the group's member entry (or memberDefaults) first, then the interface's own
+ * A member's floor and ceiling: a live limit first, the group's member entry (or memberDefaults) next, then the interface's own
  * limit (a libvirt `floor` in <bandwidth> or metadata counts here), capped by the group's ceiling.
  * Policy `defaults` do not apply inside a group: the group is the member's limit.
  */
@@ -141,9 +141,22 @@ function memberLimit(
 ): MemberLimit {
   const e = entry && !entry.unlimited ? entry : undefined;
   const o = own && own.source !== "defaults" ? own : undefined;
-  const ownCeil =
-    e?.rateBitsPerSec !== undefined ? Math.max(e.peakBitsPerSec ?? 0, e.rateBitsPerSec) : o?.ceilBitsPerSec;
+  // A live change is the operator's latest word: its ceiling beats the member entry's; a floor or burst it
+  // does not give is still the entry's.
+  const live = own?.source === "live" ? own : undefined;
+  const ownCeil = live
+    ? live.ceilBitsPerSec
+    : e?.rateBitsPerSec !== undefined
+      ? Math.max(e.peakBitsPerSec ?? 0, e.rateBitsPerSec)
+      : o?.ceilBitsPerSec;
   const ceil = Math.min(ownCeil ?? groupCeiling, groupCeiling);
-  const floor = Math.min(e?.floorBitsPerSec ?? o?.floorBitsPerSec ?? xmlFloor ?? 0, ceil);
-  return { floorBitsPerSec: floor, ceilBitsPerSec: ceil, burstBytes: e?.burstBytes ?? o?.burstBytes };
+  const floor = Math.min(
+    live?.floorBitsPerSec ?? e?.floorBitsPerSec ?? o?.floorBitsPerSec ?? xmlFloor ?? 0,
+    ceil,
+  );
+  return {
+    floorBitsPerSec: floor,
+    ceilBitsPerSec: ceil,
+    burstBytes: live?.burstBytes ?? e?.burstBytes ?? o?.burstBytes,
+  };
 }

@@ -3,8 +3,8 @@
 
 export type Direction = "inbound" | "outbound";
 
-/** Where a limit came from, highest precedence first. */
-export type LimitSource = "policy" | "metadata" | "bandwidth" | "defaults";
+/** Where a limit came from, highest precedence first: a live change (`virtqos set`, the API) sits on top. */
+export type LimitSource = "live" | "policy" | "metadata" | "bandwidth" | "defaults";
 
 /** How guest upload is enforced: shaped through an IFB (default) or policed (libvirt-compatible, drops). */
 export type UploadMode = "shape" | "police";
@@ -78,6 +78,23 @@ export interface DomainInfo {
   metadataGroup?: string;
   /** Problems found in the XML that did not stop parsing (e.g. a foreign qos namespace). */
   warnings: string[];
+  /** Live limits in force for this run of the domain (the live store, src/adapters/live-store.ts). */
+  live?: LiveInterfaceLimits[];
+}
+
+/** A live limit in base units; the upload mode and the source come from resolution. */
+export interface LiveLimit {
+  rateBitsPerSec: number;
+  ceilBitsPerSec: number;
+  burstBytes?: number;
+  floorBitsPerSec?: number;
+}
+
+/** One interface's live limits: a limit, `null` (no limit in this direction), or absent (not set live). */
+export interface LiveInterfaceLimits {
+  mac: string;
+  inbound?: LiveLimit | null;
+  outbound?: LiveLimit | null;
 }
 
 /** An interface with its resolved limits: what should be. */

@@ -14,8 +14,9 @@ import type { Policy, PolicyDirection, PolicyDomainRule, PolicyInterfaceRule } f
 import { libvirtBurstToBytes, libvirtRateToBitsPerSec } from "./units.js";
 
 // Desired state of a domain's interfaces: which limit applies to each direction of each interface, and why.
-// Precedence per direction: policy file > <metadata> > <bandwidth> > policy defaults. `unlimited` in the
-// policy stops the search (an operator's explicit "no limit" beats the XML).
+// Precedence per direction: live change > policy file > <metadata> > <bandwidth> > policy defaults. A live
+// change is the operator's latest explicit word and holds until it is cleared (`virtqos set ... 0`, DELETE);
+// `unlimited` in the policy stops the search below it (an operator's explicit "no limit" beats the XML).
 
 /** Interface types that give the host a netdev for tc to act on. */
 const HOST_NETDEV_TYPES = new Set(["bridge", "network", "ethernet", "direct"]);
@@ -56,6 +57,13 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
         domain,
       );
       if (limit) base[direction] = limit;
+      const live = domain.live?.find((l) => l.mac === iface.mac)?.[direction];
+      if (live === null) delete base[direction];
+      else if (live) {
+        // The mode (shape or police) stays what the configuration gives: a live change sets numbers.
+        const mode = limit?.mode ?? (direction === "outbound" ? policy.upload : "shape");
+        base[direction] = { ...live, mode, source: "live" };
+      }
     }
     if (base.ovs && (base.inbound?.source === "bandwidth" || base.outbound?.source === "bandwidth")) {
       warnings.push(
