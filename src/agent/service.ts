@@ -359,7 +359,6 @@ export class LocalService implements AgentService {
       if (running) {
         try {
           result = await reconcile(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
-          if (process.env.VQ_DEBUG) console.error(result.rendered);
         } catch (e) {
           await this.undo(ref, old, metadataBefore, writesMetadata, running);
           throw e;
