@@ -218,12 +218,11 @@ function prepareMetadata(xml: string): string {
   const text = xml.trim();
   const bad = (why: string) =>
     new LibvirtError("INTERNAL", `virtqos <metadata> element refused (${why}): ${quote(text)}`);
-  if (!text.startsWith("<")) throw bad("not an XML element");
+  // Nothing before the root (no declaration, no comment): libvirt stores the element alone.
+  if (!/^<qos[\s/>]/.test(text)) throw bad("it must start with <qos");
   const valid = XMLValidator.validate(text);
   if (valid !== true) throw bad(`malformed at line ${valid.err.line}: ${valid.err.msg}`);
-  const nodes = (metaParser.parse(text) as OrderedNode[]).filter(
-    (n) => !("#text" in n) && !("?xml" in n) && !("#comment" in n),
-  );
+  const nodes = (metaParser.parse(text) as OrderedNode[]).filter((n) => !("#text" in n));
   if (nodes.length !== 1) throw bad("it must be exactly one element");
   const walk = (node: OrderedNode, root: boolean): void => {
     for (const [key, value] of Object.entries(node)) {
@@ -501,6 +500,8 @@ export interface EventWatch {
  *                    Suspended Migrated, Resumed Migrated, Resumed Post-copy
  *   metadata-change  ...: event 'metadata-change' for domain 'vm1': type element, uri https://virtqos.dev/xmlns/qos/1
  *                    ...: event 'metadata-change' for domain 'vm1': type title, uri <null>
+ *                    one event for `virsh metadata --live --config`, one for --config alone (running or not),
+ *                    one for --remove; nothing says live or config, nor what changed: read it back.
  *   device-added     ...: event 'device-added' for domain 'vm1': net1
  *   device-removed   ...: event 'device-removed' for domain 'vm1': input2
  *   device-removal-failed  ...: event 'device-removal-failed' for domain 'vm1': net1
@@ -740,7 +741,10 @@ export function watchEvents(opts: WatchEventsOptions): EventWatch {
       kill(c);
     }, connectTimeoutMs);
     const stream = new EventStream(
-      (e) => safely("onEvent", () => opts.onEvent(e)),
+      (e) => {
+        // A multi-line event's wait may end after close().
+        if (!closed) safely("onEvent", () => opts.onEvent(e));
+      },
       () => {
         if (upSince) return;
         clearTimeout(connectTimer);

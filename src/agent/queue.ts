@@ -29,7 +29,7 @@ export class WorkQueue {
   }
 
   /** Re-apply a domain: joins a re-apply of the same key that has not started yet. */
-  reapply(key: string, fn: () => Promise<void>): Promise<void> {
+  reapply(key: string, fn: () => Promise<unknown>): Promise<void> {
     const waiting = this.jobs.find((j) => j.kind === "reapply" && j.key === key);
     if (waiting) return waiting.promise as Promise<void>;
     return this.push(key, "reapply", fn) as Promise<void>;

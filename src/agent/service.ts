@@ -161,13 +161,15 @@ export class LocalService implements AgentService {
 
   async getInterfaces(domain: string): Promise<InterfaceView[]> {
     const { ref, info } = await this.domainInfo(domain);
-    return this.views(ref, info);
+    return this.views(ref, info, undefined, true);
   }
 
+  /** `status`: also re-check the kernel against the records (`matches`); a full observe, so GET only. */
   private async views(
     ref: DomainSummaryRef,
     info: DomainInfo,
     only?: GuestInterface,
+    status = false,
   ): Promise<InterfaceView[]> {
     const policy = await this.deps.policy();
     // Configured = what the domain would get without live limits (live: [] keeps the engine from adding them).
@@ -181,7 +183,7 @@ export class LocalService implements AgentService {
     const inForce = liveLimitsOf(live);
     const record = loadRecords(this.deps.runDir).find((r) => r.domainUuid === ref.uuid);
     const matches = new Map<string, boolean>();
-    if (record && ref.state === "running") {
+    if (status && record && ref.state === "running") {
       try {
         const caps = this.deps.caps ?? (await cachedCapabilities(this.deps.runner, this.deps.runDir));
         const rows = await collectStatus(this.deps.runner, this.deps.runDir, caps, policy);
@@ -256,7 +258,12 @@ export class LocalService implements AgentService {
     return out;
   }
 
-  async setInterface(domain: string, iface: string, change: LiveChange, who: Principal): Promise<InterfaceView> {
+  async setInterface(
+    domain: string,
+    iface: string,
+    change: LiveChange,
+    who: Principal,
+  ): Promise<InterfaceView> {
     const limits: Partial<Record<(typeof DIRECTIONS)[number], LiveLimit | null>> = {};
     for (const d of DIRECTIONS) {
       const r = change[d];
@@ -342,8 +349,10 @@ export class LocalService implements AgentService {
       const policy = await this.deps.policy();
       const withLive: DomainInfo = { ...info, live: liveLimitsOf(next) };
       const ctx = this.engine(door, who.name);
-      if (running) {
-        // Admission first: a floor that does not fit its group refuses the change, nothing is touched.
+      const member = resolveDomain(withLive, policy).interfaces.find((i) => i.mac === mac)?.group;
+      if (running && member) {
+        // Admission first: a floor that does not fit its group refuses the change, nothing is touched. Only
+        // group members have floors to admit, so only they pay for the dry run's kernel read.
         const dry = await reconcile(ctx, { domains: [withLive], policy, scope: [ref.uuid], dryRun: true });
         const refusal = dry.plan.problems.find((p) => p.iface === `${ref.uuid}/${mac}`);
         if (refusal) throw new VirtqosError(refusal.code, refusal.message);

@@ -1,13 +1,17 @@
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_POLICY_PATH, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR } from "../config.js";
 import { ERRORS, EXIT, errorCodeOf } from "../core/errors.js";
+import { addAgentCommands } from "./agent.js";
 import { addApplyCommands } from "./apply.js";
+import { addAuditCommand } from "./audit.js";
 import { addClearCommand } from "./clear.js";
 import { addDoctorCommand } from "./doctor.js";
 import { addHookCommand } from "./hook.js";
 import { addInstallHookCommand } from "./install-hook.js";
 import { addLabCommand } from "./lab.js";
+import { addLiveCommands } from "./live.js";
 import { addStatusCommand } from "./status.js";
+import { addTokenCommands } from "./token.js";
 import { addTxCommands } from "./tx.js";
 
 // The CLI: one file per command in this directory, assembled here. Every command that reports takes --json;
@@ -35,6 +39,10 @@ export function buildProgram(): Command {
   addApplyCommands(program); // plan, apply
   addTxCommands(program);
   addStatusCommand(program);
+  addLiveCommands(program); // set, get
+  addAgentCommands(program); // agent, install-agent
+  addTokenCommands(program);
+  addAuditCommand(program);
   addClearCommand(program);
   addDoctorCommand(program);
   addInstallHookCommand(program);
