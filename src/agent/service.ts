@@ -164,7 +164,10 @@ export class LocalService implements AgentService {
     return this.views(ref, info, undefined, true);
   }
 
-  /** `status`: also re-check the kernel against the records (`matches`); a full observe, so GET only. */
+  /**
+   * `status`: also re-check the kernel against the records (`matches`) and read the taps' counters: a full
+   * observe and an `ip` process, so for GET only, not on a live change's path.
+   */
   private async views(
     ref: DomainSummaryRef,
     info: DomainInfo,
@@ -194,7 +197,9 @@ export class LocalService implements AgentService {
         this.deps.log.warning(`status of ${ref.name}: ${(e as Error).message}`);
       }
     }
-    const counters = await this.counters(info.interfaces.flatMap((i) => (i.targetDev ? [i.targetDev] : [])));
+    const counters = status
+      ? await this.counters(info.interfaces.flatMap((i) => (i.targetDev ? [i.targetDev] : [])))
+      : new Map<string, { txBytes: number; rxBytes: number }>();
     return info.interfaces
       .filter((i) => !only || i === only)
       .map((i): InterfaceView => {
@@ -282,10 +287,18 @@ export class LocalService implements AgentService {
 
   clearInterface(domain: string, iface: string, persist: Persist, who: Principal): Promise<InterfaceView> {
     return this.queue.run(domain, () =>
-      this.change(domain, iface, persist, who, doorOf(who), (slot) => {
-        delete slot.inbound;
-        delete slot.outbound;
-      }),
+      this.change(
+        domain,
+        iface,
+        persist,
+        who,
+        doorOf(who),
+        (slot) => {
+          delete slot.inbound;
+          delete slot.outbound;
+        },
+        true,
+      ),
     );
   }
 
@@ -299,6 +312,7 @@ export class LocalService implements AgentService {
     who: Principal,
     door: AuditDoor,
     edit: (slot: LiveSlot) => void,
+    clearing = false,
   ): Promise<InterfaceView> {
     const at = new Date().toISOString();
     const audit: AuditEntry = { at, who: who.name, door, result: "failed" };
@@ -358,7 +372,9 @@ export class LocalService implements AgentService {
         if (refusal) throw new VirtqosError(refusal.code, refusal.message);
       }
       let metadataBefore: string | undefined;
-      const writesMetadata = persist !== "live";
+      // A clear touches <metadata> only where virtqos wrote it (a config slot): limits written there by hand
+      // are the configuration, which a clear gives control back to.
+      const writesMetadata = persist !== "live" && (!clearing || old.interfaces[mac]?.config !== undefined);
       if (writesMetadata) {
         metadataBefore = await this.writeMetadata(ref, mac, next, running);
       }

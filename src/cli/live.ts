@@ -15,6 +15,7 @@ import { cliLogger, context, globals, out } from "./context.js";
 // result is the same engine call either way.
 
 interface SetOpts {
+  clear?: boolean;
   inbound?: string;
   outbound?: string;
   live?: boolean;
@@ -28,6 +29,8 @@ function persistOf(o: SetOpts, running: () => Promise<boolean>): Promise<Persist
   if (o.current && (o.live || o.config)) {
     throw new VirtqosError("USAGE", "--current cannot be combined with --live or --config (as in virsh)");
   }
+  // Clearing without a flag means "back to the configuration", live and at the next start.
+  if (o.clear && !o.live && !o.config && !o.current) return "both";
   if (o.live && o.config) return "both";
   if (o.live) return "live";
   if (o.config) return "config";
@@ -78,6 +81,7 @@ export function addLiveCommands(program: Command): void {
     .argument("<iface>", "target dev (vnet3), MAC, alias or 1-based index")
     .option("--inbound <spec>", "guest download: AVERAGE[,PEAK[,BURST[,FLOOR]]]")
     .option("--outbound <spec>", "guest upload: AVERAGE[,PEAK[,BURST]]")
+    .option("--clear", "drop the interface's live limits: the configured ones apply again")
     .option("--live", "the running domain (kept in the live store until it stops)")
     .option("--config", "its persistent definition: <metadata> and the live store, applied at every start")
     .option("--current", "live if the domain runs, else config (the default)")
@@ -119,7 +123,9 @@ export function addLiveCommands(program: Command): void {
           const state = (probe.body as { domain?: { state?: string } }).domain?.state;
           change.persist = await persistOf(o, async () => state === "running");
           const { door: _door, ...body } = change;
-          const a = await agentRequest(apiSocketPath(), "PATCH", path, body);
+          const a = o.clear
+            ? await agentRequest(apiSocketPath(), "DELETE", `${path}?persist=${change.persist}`)
+            : await agentRequest(apiSocketPath(), "PATCH", path, body);
           if (!a) throw new VirtqosError("INTERNAL", "the agent went away during the request");
           if (a.status >= 400) throw agentError(a);
           view = (a.body as { interface: InterfaceView }).interface;
@@ -133,7 +139,9 @@ export function addLiveCommands(program: Command): void {
             async () => (await service.findDomain(domain)).state === "running",
           );
           const who: Principal = { name: ctx.who.user, role: "admin", via: "cli" };
-          view = await service.setInterface(domain, iface, change, who);
+          view = o.clear
+            ? await service.clearInterface(domain, iface, change.persist, who)
+            : await service.setInterface(domain, iface, change, who);
         } finally {
           close();
         }
