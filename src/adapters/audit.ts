@@ -1,6 +1,14 @@
 import { closeSync, mkdirSync, openSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname } from "node:path";
-import Database from "better-sqlite3";
+import type BetterSqlite3 from "better-sqlite3";
+
+// The native addon is required when the store is opened, not when this module loads: the CLI bundle holds
+// this module, and `virtqos status` has no business loading SQLite.
+type Database = BetterSqlite3.Database;
+const openDatabase = (file: string): Database =>
+  new (createRequire(import.meta.url)("better-sqlite3") as typeof BetterSqlite3)(file);
+
 import type { AuditDoor, AuditEntry, AuditQuery, AuditResult } from "../agent/types.js";
 import { VirtqosError } from "../core/errors.js";
 
@@ -81,6 +89,23 @@ function sqliteFailure(file: string, what: string, e: unknown): VirtqosError {
   );
 }
 
+/**
+ * `mkdir -p` with mode 0700 for what it creates. Not `mkdirSync(recursive)`: on a filesystem that answers
+ * ENOENT to any mkdir (/proc), Node's loops forever, and the agent would hang at start instead of failing.
+ */
+function makeDirs(dir: string, depth = 0): void {
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    const parent = dirname(dir);
+    if (code !== "ENOENT" || parent === dir || depth > 64) throw e;
+    makeDirs(parent, depth + 1);
+    mkdirSync(dir, { mode: 0o700 });
+  }
+}
+
 const jsonText = (v: unknown): string | null => (v === undefined ? null : JSON.stringify(v));
 
 function parseJson(file: string, id: number, column: string, text: string | null): unknown {
@@ -96,13 +121,13 @@ function parseJson(file: string, id: number, column: string, text: string | null
 }
 
 export class AuditStore {
-  private readonly insert: Database.Statement<InsertParams>;
-  private readonly select: Database.Statement<QueryParams, Row>;
+  private readonly insert: BetterSqlite3.Statement<InsertParams>;
+  private readonly select: BetterSqlite3.Statement<QueryParams, Row>;
   private closed = false;
 
   private constructor(
     readonly file: string,
-    private readonly db: Database.Database,
+    private readonly db: Database,
   ) {
     this.insert = db.prepare(
       `INSERT INTO audit (at, who, door, domain_uuid, domain_name, iface, before_json, after_json, result, code, message, tx_id)
@@ -126,16 +151,16 @@ export class AuditStore {
    * newer than this virtqos knows.
    */
   static open(file: string): AuditStore {
-    let db: Database.Database | undefined;
+    let db: Database | undefined;
     try {
-      mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+      makeDirs(dirname(file));
       // SQLite creates the file (and its -wal and -shm, which copy the file's mode) with the umask's mode.
       closeSync(openSync(file, "a", 0o600));
     } catch (e) {
       throw new VirtqosError("AUDIT_FAILED", `audit log ${file}: cannot create it: ${(e as Error).message}`);
     }
     try {
-      const conn = new Database(file);
+      const conn = openDatabase(file);
       db = conn;
       // First, so that every later step waits for another process opening the same file instead of failing.
       conn.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);

@@ -290,7 +290,8 @@ function globRegExp(glob: string): RegExp {
     const body = [...glob]
       .map((c) => (c === "*" ? "[^]*" : c === "?" ? "[^]" : c.replace(/[\\^$.*+?()[\]{}|/]/g, "\\$&")))
       .join("");
-    re = new RegExp(`^${body}$`);
+    // `u`: `?` is one character even outside the BMP, not half of a surrogate pair.
+    re = new RegExp(`^${body}$`, "u");
     if (globCache.size > 10_000) globCache.clear();
     globCache.set(glob, re);
   }
@@ -320,7 +321,9 @@ const ALLOWED: Record<Role, readonly Action[]> = {
  * with inScope().
  */
 export function authorize(principal: Principal, action: Action, domainName?: string): "ok" | "forbidden" {
-  if (!ALLOWED[principal.role]?.includes(action)) return "forbidden";
+  // A role the file cannot hold (a caller's typo, `toString`) grants nothing.
+  if (!Object.hasOwn(ALLOWED, principal.role) || !ALLOWED[principal.role].includes(action))
+    return "forbidden";
   if (domainName !== undefined && !inScope(principal, domainName)) return "forbidden";
   return "ok";
 }

@@ -1,5 +1,11 @@
 import { request } from "node:http";
+import { currentActor } from "../adapters/tx-journal.js";
 import { isErrorCode, VirtqosError } from "../core/errors.js";
+
+const cliUser = () =>
+  currentActor("cli")
+    .user.replace(/[^A-Za-z0-9._-]/g, "_")
+    .slice(0, 64) || "unknown";
 
 // The CLI's way to the agent: one HTTP request over its unix socket (file permissions are the credential).
 // `undefined` when no agent listens (no socket, a stale one): the CLI then acts directly on the host.
@@ -23,7 +29,11 @@ export function agentRequest(
         socketPath,
         method,
         path,
-        headers: data ? { "content-type": "application/json", "content-length": data.length } : {},
+        headers: {
+          // Who runs the CLI, for the audit log (the socket's permissions are the credential).
+          "x-virtqos-cli-user": cliUser(),
+          ...(data ? { "content-type": "application/json", "content-length": data.length } : {}),
+        },
         timeout: timeoutMs,
       },
       (res) => {

@@ -62,7 +62,19 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   let tcpAddress: RunningAgent["tcpAddress"];
   if (o.listen) {
     const { host, port } = parseListen(o.listen);
-    const tokens: Authenticator = new TokenStore(o.tokensFile);
+    const store = new TokenStore(o.tokensFile);
+    // A tokens file that cannot be read or is invalid fails closed (401 for everyone) and says why in the log:
+    // a broken file must not keep a revoked token working, nor answer clients with its parse errors.
+    const tokens: Authenticator = {
+      authenticate: (headers) => {
+        try {
+          return store.authenticate(headers);
+        } catch (e) {
+          log.error(`tokens file ${o.tokensFile}: ${(e as Error).message}; refusing every token until it is fixed`);
+          return undefined;
+        }
+      },
+    };
     const { readFileSync } = await import("node:fs");
     const https =
       o.tlsCert && o.tlsKey ? { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) } : undefined;

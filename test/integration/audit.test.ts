@@ -45,7 +45,7 @@ function entry(over: Partial<AuditEntry> = {}): AuditEntry {
   };
 }
 
-/** Run a node process with tsx; its exit status, stdout and stderr. */
+/** Run a node process with tsx (its arguments from process.argv[1] on); exit status, stdout and stderr. */
 function runNode(
   code: string,
   args: string[],
@@ -55,7 +55,7 @@ function runNode(
     const child = spawn(
       process.execPath,
       ["--import", "tsx", "--input-type=module", "-e", code, "--", ...args],
-      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], uid: opts.uid, gid: opts.gid },
+      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], uid: opts.uid, gid: opts.gid, timeout: 60_000 },
     );
     let stdout = "";
     let stderr = "";
@@ -219,9 +219,13 @@ describe("AuditStore on a real SQLite file", () => {
       const writer = `
         import { existsSync } from "node:fs";
         import { AuditStore } from ${JSON.stringify(AUDIT_MODULE)};
-        const [file, go, who] = process.argv.slice(2);
+        const [file, go, who] = process.argv.slice(1);
         process.stdout.write("ready\\n");
-        while (!existsSync(go)) await new Promise((r) => setTimeout(r, 2));
+        const deadline = Date.now() + 30_000;
+        while (!existsSync(go)) {
+          if (Date.now() > deadline) throw new Error("no go signal within 30 s");
+          await new Promise((r) => setTimeout(r, 2));
+        }
         const store = AuditStore.open(file);
         for (let i = 0; i < 200; i++) {
           store.record({ at: new Date().toISOString(), who, door: "cli", domainName: "d" + (i % 7), result: "ok", message: String(i), after: { inbound: null } });
@@ -275,7 +279,7 @@ describe("AuditStore on a real SQLite file", () => {
         // root writes anywhere: ask as nobody, in its own process.
         const r = await runNode(
           `import { AuditStore } from ${JSON.stringify(AUDIT_MODULE)};
-           try { AuditStore.open(process.argv[2]); console.log("opened"); }
+           try { AuditStore.open(process.argv[1]); console.log("opened"); }
            catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`,
           [file],
           { uid: 65534, gid: 65534 },
@@ -292,10 +296,17 @@ describe("AuditStore on a real SQLite file", () => {
         );
       }
       assert.ok(!existsSync(file));
-      // A directory that cannot be created at all, for root too.
+      // Directories that cannot be created at all, for root too: under a file, under /proc (where Node's
+      // recursive mkdir would loop forever).
+      writeFileSync(join(dir, "plain-file"), "");
       assert.throws(
-        () => AuditStore.open("/proc/virtqos-no-such-dir/audit.db"),
-        (e: unknown) => auditFailed(e, /\/proc\/virtqos-no-such-dir\/audit\.db: cannot create it/),
+        () => AuditStore.open(join(dir, "plain-file", "state", "audit.db")),
+        (e: unknown) => auditFailed(e, /plain-file\/state\/audit\.db: cannot create it: ENOTDIR/),
+      );
+      assert.throws(
+        () => AuditStore.open("/proc/virtqos-no-such-dir/state/audit.db"),
+        (e: unknown) =>
+          auditFailed(e, /\/proc\/virtqos-no-such-dir\/state\/audit\.db: cannot create it: ENOENT/),
       );
     }),
   );

@@ -354,6 +354,7 @@ describe("authorize: role × action", () => {
 
   it("an unknown role is refused everything", () => {
     assert.equal(authorize({ name: "x", role: "root" as Role, via: "token" }, "read"), "forbidden");
+    assert.equal(authorize({ name: "x", role: "toString" as Role, via: "token" }, "read"), "forbidden");
   });
 });
 
@@ -385,5 +386,6 @@ describe("scope globs", () => {
     assert.ok(!globMatch("a.*", "abc"), "a glob's .* is a dot and then any run");
     assert.ok(globMatch("a.*", "a.bc"));
     assert.ok(globMatch("instance-*", "instance-\nnewline"), "* crosses any character");
+    assert.ok(globMatch("vm-?", "vm-\u{1F600}"), "? is one character, even outside the BMP");
   });
 });

@@ -1,49 +1,28 @@
 import { errorCodeOf } from "../../core/errors.js";
+import { authorize, inScope } from "../auth.js";
 import type { Action, AgentService, DomainSummary, Principal, Role } from "../types.js";
 import { RequestProblem } from "./errors.js";
 
 // Authorization is two questions: may this role do this kind of thing at all (answered before the request
 // is even parsed), and is this domain in the token's scope (answered against libvirt's name for it).
 
-const ROLE_ACTIONS: Readonly<Record<Role, readonly Action[]>> = {
-  reader: ["read"],
-  operator: ["read", "write"],
-  admin: ["read", "write", "admin"],
-};
-
+/** Whether the role allows the kind of request at all (scope is checked once the domain is known). */
 export function roleAllows(role: Role, action: Action): boolean {
-  // A role the token store does not know (a newer file, a typo) grants nothing.
-  return Object.hasOwn(ROLE_ACTIONS, role) && ROLE_ACTIONS[role].includes(action);
-}
-
-// Exactly the characters `u` mode lets us escape; any other escape is a syntax error there.
-const REGEX_META = /[\\^$.*+?()[\]{}|/]/;
-
-/** A scope glob as a regular expression matching the whole name: `*` any run, `?` one character. */
-export function globToRegExp(glob: string): RegExp {
-  let source = "";
-  for (const ch of glob) {
-    if (ch === "*") source += ".*";
-    else if (ch === "?") source += ".";
-    else if (REGEX_META.test(ch)) source += `\\${ch}`;
-    else source += ch;
-  }
-  // `s`: a name cannot hold a newline, but a glob must never be defeated by one; `u`: `?` is one code point.
-  return new RegExp(`^${source}$`, "su");
+  return authorize({ name: "", role, via: "token" }, action) === "ok";
 }
 
 export function isScoped(p: Principal | undefined): boolean {
   return p?.domains !== undefined;
 }
 
-export function inScope(p: Principal, domainName: string): boolean {
-  if (p.domains === undefined) return true;
-  return p.domains.some((g) => globToRegExp(g).test(domainName));
-}
+export { inScope };
 
 /** The same words whether the domain is out of scope or does not exist, so neither can be told apart. */
 export function scopeRefusal(p: Principal, requested: string): RequestProblem {
-  return new RequestProblem("FORBIDDEN", `token "${p.name}" may not access domain ${JSON.stringify(requested)}`);
+  return new RequestProblem(
+    "FORBIDDEN",
+    `token "${p.name}" may not access domain ${JSON.stringify(requested)}`,
+  );
 }
 
 export interface ResolvedDomain {

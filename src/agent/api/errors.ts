@@ -57,11 +57,14 @@ export function problemFromHandler(e: unknown, context: string, log?: ApiLog): P
   if (code === undefined || ERRORS[code].httpStatus < 400) return internal(e, context, log);
   const err = e as VirtqosError;
   const detail = err.detail;
-  let field = e instanceof RequestProblem ? e.field : undefined;
-  if (field === undefined && typeof detail === "object" && detail !== null) {
-    const f = (detail as Record<string, unknown>).field;
-    if (typeof f === "string" && (f === "" || f.startsWith("/"))) field = f;
-  }
+  // The field at fault, where the error says: its own `field` (ours, the service's RequestInvalidError) or
+  // its detail's. Only a JSON pointer is passed on.
+  const own = (e as { field?: unknown }).field;
+  const inDetail =
+    typeof detail === "object" && detail !== null ? (detail as { field?: unknown }).field : undefined;
+  const candidate = own !== undefined ? own : inDetail;
+  const field =
+    typeof candidate === "string" && (candidate === "" || candidate.startsWith("/")) ? candidate : undefined;
   const p = problem(code, String(err.message), field, detail);
   if (p.status >= 500) log?.warning(`${context}: ${code}: ${err.message}`);
   return p;
@@ -77,7 +80,12 @@ interface FrameworkError {
  * An error fastify raised before a handler ran: the content-type parser, the body limit, a malformed URL.
  * Its statusCode says which side is at fault; its text is fastify's, so only known codes get our wording.
  */
-export function problemFromFramework(e: unknown, context: string, bodyLimitBytes: number, log?: ApiLog): Problem {
+export function problemFromFramework(
+  e: unknown,
+  context: string,
+  bodyLimitBytes: number,
+  log?: ApiLog,
+): Problem {
   const err = (typeof e === "object" && e !== null ? e : {}) as FrameworkError;
   const fcode = typeof err.code === "string" ? err.code : "";
   const status = typeof err.statusCode === "number" ? err.statusCode : 500;
@@ -89,7 +97,13 @@ export function problemFromFramework(e: unknown, context: string, bodyLimitBytes
   if (status < 400 || status >= 500) return internal(e, context, log);
   switch (fcode) {
     case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return problem("REQUEST_INVALID", "the body's Content-Type must be application/json", undefined);
+      return problem("REQUEST_INVALID", "the body's Content-Type must be application/json");
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+      // fastify drops the parser's own message; prototype poisoning ends here too.
+      return problem(
+        "REQUEST_INVALID",
+        "the body is not valid JSON (keys __proto__ and constructor are refused)",
+      );
     case "FST_ERR_CTP_EMPTY_JSON_BODY":
       return problem("REQUEST_INVALID", "the body is empty; send a JSON object");
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
@@ -99,8 +113,6 @@ export function problemFromFramework(e: unknown, context: string, bodyLimitBytes
     case "FST_ERR_MAX_PARAM_LENGTH":
       return problem("REQUEST_INVALID", "a path segment is too long");
   }
-  // The JSON parser's SyntaxError (fastify sets statusCode 400 on it), prototype poisoning included.
-  if (e instanceof SyntaxError) return problem("REQUEST_INVALID", `the body is not valid JSON: ${text}`);
   return problem("REQUEST_INVALID", `the request is malformed: ${text}`);
 }
 

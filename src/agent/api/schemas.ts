@@ -7,7 +7,6 @@ import {
   LIBVIRT_BURST_UNIT_BYTES,
   LIBVIRT_MAX_VALUE,
   MAX_RATE_BITS_PER_SEC,
-  MIN_RATE_BITS_PER_SEC,
   parseRate,
   parseSize,
   UnitError,
@@ -57,8 +56,8 @@ const NO_CONTROL_CHARS = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 export const DOMAIN_MAX_CHARS = 255;
 export const IFACE_MAX_CHARS = 64;
 export const AUDIT_LIMIT_MAX = 10_000;
-/** The longest text a rate or size may be: "2.5Gbit/s" needs 9 characters; more is junk. */
-const UNIT_TEXT_MAX_CHARS = 64;
+/** The longest text a rate or size may be, as the service takes it: "2.5Gbit/s" needs 9 characters. */
+const UNIT_TEXT_MAX_CHARS = 32;
 
 export const DomainName = hint(
   `must be a domain name or UUID of 1 to ${DOMAIN_MAX_CHARS} characters, without control characters`,
@@ -107,7 +106,7 @@ export const RateValue = named(
         }),
       ],
       {
-        description: `A rate: kB/s as a number (at most ${LIBVIRT_MAX_VALUE}), or a string with a unit. 0 means no limit for an average; a non-zero rate is at least 1 kB/s.`,
+        description: `A rate: kB/s as a number (at most ${LIBVIRT_MAX_VALUE}), or a string with a unit. An average of 0 means no limit.`,
       },
     ),
   ),
@@ -127,10 +126,13 @@ export const BurstValue = named(
         Type.String({
           minLength: 1,
           maxLength: UNIT_TEXT_MAX_CHARS,
-          description: "A size with its unit: B, kB, MB, GB (powers of 1000), KiB, MiB, GiB (powers of 1024).",
+          description:
+            "A size with its unit: B, kB, MB, GB (powers of 1000), KiB, MiB, GiB (powers of 1024).",
         }),
       ],
-      { description: `A bucket size: KiB as a number (at most ${LIBVIRT_MAX_VALUE}), or a string with a unit.` },
+      {
+        description: `A bucket size: KiB as a number (at most ${LIBVIRT_MAX_VALUE}), or a string with a unit.`,
+      },
     ),
   ),
 );
@@ -153,18 +155,19 @@ export const RateInputSchema = named(
   ),
 );
 
+export const DEFAULT_PERSIST: Persist = "live";
+
 export const PersistSchema = named(
   "Persist",
   hint(
     'must be "live", "config" or "both"',
     Type.Union([Type.Literal("live"), Type.Literal("config"), Type.Literal("both")], {
+      default: DEFAULT_PERSIST,
       description:
         "live: the running domain only (default); config: its persistent definition only, from its next start; both.",
     }),
   ),
 );
-
-export const DEFAULT_PERSIST: Persist = "live";
 
 export const SetInterfaceBody = named(
   "SetInterfaceRequest",
@@ -192,7 +195,10 @@ export const InterfaceParams = Type.Object(
 );
 
 export const NoQuery = Type.Object({}, { additionalProperties: false });
-export const ClearQuery = Type.Object({ persist: Type.Optional(PersistSchema) }, { additionalProperties: false });
+export const ClearQuery = Type.Object(
+  { persist: Type.Optional(PersistSchema) },
+  { additionalProperties: false },
+);
 
 const ISO_TIME = "^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}(:\\d{2}(\\.\\d{1,9})?)?(Z|[+-]\\d{2}:\\d{2}))?$";
 
@@ -223,7 +229,11 @@ const UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
 
 export const ServerId = hint(
   "must be the instance's UUID (8-4-4-4-12 hexadecimal digits)",
-  Type.String({ pattern: UUID, maxLength: 36, description: "The instance's UUID: the libvirt domain's UUID." }),
+  Type.String({
+    pattern: UUID,
+    maxLength: 36,
+    description: "The instance's UUID: the libvirt domain's UUID.",
+  }),
 );
 export const ProjectId = hint(
   "must be 1 to 255 characters without control characters or slashes",
@@ -415,7 +425,10 @@ export const InterfacesResponse = Type.Object(
   { domain: DomainSummarySchema, interfaces: Type.Array(InterfaceViewSchema) },
   { additionalProperties: false },
 );
-export const InterfaceResponse = Type.Object({ interface: InterfaceViewSchema }, { additionalProperties: false });
+export const InterfaceResponse = Type.Object(
+  { interface: InterfaceViewSchema },
+  { additionalProperties: false },
+);
 export const AuditResponse = Type.Object(
   { entries: Type.Array(AuditEntrySchema) },
   { additionalProperties: false },
@@ -442,7 +455,8 @@ export const NovaAcceptedResponse = named(
     },
     {
       additionalProperties: false,
-      description: "The limits in force after the change, in libvirt's units, as `virsh domiftune` reports them.",
+      description:
+        "The limits in force after the change, in libvirt's units, as `virsh domiftune` reports them.",
     },
   ),
 );
@@ -597,7 +611,10 @@ export function part<S extends TSchema, T = Static<S>>(
     where,
     parse(value: unknown): T {
       if (where === "body" && value === undefined) {
-        throw new RequestProblem("REQUEST_INVALID", "a JSON body is required (Content-Type: application/json)");
+        throw new RequestProblem(
+          "REQUEST_INVALID",
+          "a JSON body is required (Content-Type: application/json)",
+        );
       }
       const v = where === "query" ? coerceQuery(schema, value) : value;
       if (!compiled.Check(v)) {
@@ -611,7 +628,7 @@ export function part<S extends TSchema, T = Static<S>>(
   };
 }
 
-/** A rate or size given as text must parse and land where a libvirt number could: 0, or 1 unit to the top. */
+/** A rate or size given as text must parse and stay within what a libvirt number can say. */
 function checkUnitText(value: number | string, pointer: string, kind: "rate" | "size"): void {
   if (typeof value === "number") return;
   let base: number;
@@ -628,13 +645,6 @@ function checkUnitText(value: number | string, pointer: string, kind: "rate" | "
       throw new RequestProblem(
         "REQUEST_INVALID",
         `${pointer}: ${JSON.stringify(value)} is above the largest rate libvirt expresses (${LIBVIRT_MAX_VALUE} kB/s, ~34.36 Tbit/s)`,
-        pointer,
-      );
-    }
-    if (base > 0 && base < MIN_RATE_BITS_PER_SEC) {
-      throw new RequestProblem(
-        "REQUEST_INVALID",
-        `${pointer}: ${JSON.stringify(value)} is below 1 kB/s (8 kbit/s), the smallest rate virtqos shapes; 0 means no limit`,
         pointer,
       );
     }
@@ -679,7 +689,11 @@ export function toAuditQuery(q: Static<typeof AuditQuerySchema>): AuditQuery {
   if (q.since !== undefined) {
     const ms = Date.parse(q.since);
     if (Number.isNaN(ms)) {
-      throw new RequestProblem("REQUEST_INVALID", `query parameter "since" is not a valid date: ${q.since}`, "/since");
+      throw new RequestProblem(
+        "REQUEST_INVALID",
+        `query parameter "since" is not a valid date: ${q.since}`,
+        "/since",
+      );
     }
     // One form for the service: its entries are ISO 8601 UTC with milliseconds, comparable as text.
     out.since = new Date(ms).toISOString();

@@ -98,7 +98,8 @@ export function v1Routes(): Route[] {
       shape: "v1",
       handle: async ({ service, principal, params, body }) => {
         const { target } = await resolveDomain(service, principal, params.domain, false);
-        return { interface: await service.setInterface(target, params.iface, body, principal) };
+        const change = { ...body, door: principal.via === "cli" ? ("cli" as const) : ("api" as const) };
+        return { interface: await service.setInterface(target, params.iface, change, principal) };
       },
     }),
     defineRoute({
@@ -114,9 +115,9 @@ export function v1Routes(): Route[] {
       success: { status: 200, description: "The interface after the change.", schema: InterfaceResponse },
       errors: [...LIVE_CHANGE_ERRORS],
       shape: "v1",
-      handle: async ({ service, principal, params, query }) => {
+      handle: async ({ service, principal, params, query: persist }) => {
         const { target } = await resolveDomain(service, principal, params.domain, false);
-        return { interface: await service.clearInterface(target, params.iface, query, principal) };
+        return { interface: await service.clearInterface(target, params.iface, persist, principal) };
       },
     }),
     defineRoute({
