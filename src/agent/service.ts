@@ -472,21 +472,25 @@ export class LocalService implements AgentService {
   /** Re-apply a domain as libvirt has it now (an event, a drift): coalesced per domain in the queue. */
   reapply(domain: string, door: AuditDoor = "agent"): Promise<void> {
     return this.queue.reapply(domain, async () => {
-      let ref: DomainSummaryRef;
+      // One libvirt call: the live XML says whether the domain runs (libvirt gives a running domain an `id`),
+      // and every virsh process costs 50-300 ms on a busy host, which an event's "within 1 s" cannot spare.
+      let xml: string | undefined;
       try {
-        ref = await this.deps.source.lookup(domain);
+        xml = await this.deps.source.dumpXml(domain);
       } catch (e) {
-        if (e instanceof VirtqosError && e.code === "DOMAIN_NOT_FOUND") return;
-        throw e;
+        if (!(e instanceof VirtqosError && e.code === "DOMAIN_NOT_FOUND")) throw e;
       }
+      const info = xml === undefined ? undefined : parseDomainXml(xml);
+      const running = xml !== undefined && /<domain\b[^>]*\bid=['"]\d+['"]/.test(xml);
+      const record = loadRecords(this.deps.runDir).find((r) =>
+        info ? r.domainUuid === info.uuid : r.domainName === domain || r.domainUuid === domain,
+      );
+      if (!running && !record) return;
+      const uuid = info?.uuid ?? record?.domainUuid ?? domain;
       const policy = await this.deps.policy();
       const ctx = this.engine(door, "agent");
-      const running = ref.state === "running";
-      const hasRecord = loadRecords(this.deps.runDir).some((r) => r.domainUuid === ref.uuid);
-      if (!running && !hasRecord) return;
-      const domains = running ? [parseDomainXml(await this.deps.source.dumpXml(ref.uuid))] : [];
-      const r = await reconcile(ctx, { domains, policy, scope: [ref.uuid] });
-      this.last = { at: new Date().toISOString(), domain: ref.name, ok: !r.failure };
+      const r = await reconcile(ctx, { domains: running && info ? [info] : [], policy, scope: [uuid] });
+      this.last = { at: new Date().toISOString(), domain: info?.name ?? domain, ok: !r.failure };
     });
   }
 

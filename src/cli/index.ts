@@ -33,6 +33,9 @@ export function buildProgram(): Command {
     .addOption(new Option("--netns <name>", "act inside this network namespace (tests, lab)").hideHelp())
     .version(VERSION, "-V, --version")
     .showHelpAfterError()
+    // Global options go before the command: `set`/`get` take virsh's own `--config` (the persistent
+    // definition), which must not be read as the policy file's `--config FILE`.
+    .enablePositionalOptions()
     .exitOverride();
 
   // In this order: it is the order of `virtqos --help`.

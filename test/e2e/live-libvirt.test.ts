@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -358,12 +358,20 @@ test(
         );
         await startDomain(NAME);
         const [v] = await get(mac);
+        if (v.inbound.inForce?.rateBitsPerSec !== 32e6) {
+          t.diagnostic(`live store: ${await readFile(liveFilePath(undefined, uuid), "utf8").catch(String)}`);
+          t.diagnostic(`record: ${JSON.stringify(await readRecord(uuid))}`);
+        }
         assert.equal(v.inbound.inForce?.rateBitsPerSec, 32e6);
         assert.equal(v.inbound.inForce?.source, "live");
         assert.equal(v.outbound.inForce?.rateBitsPerSec, 32e6);
-        const [other] = await get("2");
+        const [other] = await get("4");
         assert.equal(other.inbound.inForce?.rateBitsPerSec, 10e6, "a live-only change ended with the run");
         assert.equal(other.inbound.inForce?.source, "defaults");
+        // The Nova action persists (the seed's TODO: survive a hard reboot).
+        const [nova] = await get("2");
+        assert.equal(nova.inbound.inForce?.rateBitsPerSec, 10e6);
+        assert.equal(nova.inbound.inForce?.source, "live");
       },
     );
   },
