@@ -12,8 +12,9 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
   { echo "setup: Node.js 20 is required, found $(node -v)" >&2; exit 1; }
 
 # iproute2: tc/ip; iperf3 + iputils-ping: the lab and tests measure with them; bsdutils: logger(1) for syslog;
-# python3, make, g++: better-sqlite3 (the agent's audit log) compiles its addon when no prebuilt one downloads.
-PACKAGES=(iproute2 iperf3 iputils-ping bsdutils python3 make g++)
+# python3, make, g++: better-sqlite3 (the agent's audit log) compiles its addon when no prebuilt one downloads;
+# prometheus: its promtool checks /metrics in the tests; tmux: the tests drive `virtqos top` in it.
+PACKAGES=(iproute2 iperf3 iputils-ping bsdutils python3 make g++ prometheus tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -21,6 +22,10 @@ if ((${#missing[@]})); then
   if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then apt-get update -qq; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+  # Only promtool is wanted: a Prometheus server this script installed is not left running on the host.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # libvirt + qemu (TCG) + Open vSwitch for the end-to-end tests; starts the daemons without systemd too.

@@ -3,7 +3,7 @@ import { Virsh } from "../adapters/libvirt.js";
 import type { Logger } from "../adapters/log.js";
 import { loadPolicyCached } from "../adapters/policy-file.js";
 import { auditDbPath } from "../config.js";
-import { type DomainSource, LocalService, type ServiceDeps } from "./service.js";
+import { type DomainSource, LocalService, type MetricsSink, type ServiceDeps } from "./service.js";
 import type { Health } from "./types.js";
 
 // The service on this host, wired to libvirt (virsh), the policy file and the audit log: what the agent runs
@@ -21,6 +21,7 @@ export interface LocalOptions {
   /** Open the audit log (writes need it; `get` does not). */
   audit?: boolean;
   libvirtState?: () => Health["libvirt"];
+  metrics?: MetricsSink;
 }
 
 export async function openLocalService(o: LocalOptions): Promise<{ service: LocalService; close(): void }> {
@@ -45,6 +46,7 @@ export async function openLocalService(o: LocalOptions): Promise<{ service: Loca
     audit,
     libvirtUri: virsh?.uri ?? o.libvirtUri,
     libvirtState: o.libvirtState,
+    metrics: o.metrics,
   });
   return { service, close };
 }

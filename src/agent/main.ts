@@ -2,6 +2,9 @@ import type { Runner } from "../adapters/exec.js";
 import { type EventWatch, type LibvirtEvent, Virsh, watchEvents } from "../adapters/libvirt.js";
 import { dropLiveSlots } from "../adapters/live-store.js";
 import type { Logger } from "../adapters/log.js";
+import { loadPolicyCached } from "../adapters/policy-file.js";
+import { cachedCapabilities } from "../adapters/probe.js";
+import { collectStatus } from "../app/status.js";
 import { QOS_XMLNS } from "../core/domain-xml.js";
 import { VirtqosError } from "../core/errors.js";
 import { TokenStore } from "./auth.js";
@@ -42,6 +45,20 @@ const REAPPLY_ON = /^(Started|Resumed|Defined|Stopped|Shutdown|Crashed)\b/;
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const { log } = o;
   const libvirt: Health["libvirt"] = { connected: false, uri: o.libvirtUri };
+  // Loaded here: prom-client is for the agent only, not for every CLI command.
+  const { Metrics } = await import("./metrics.js");
+  let health: () => Health = () => ({ libvirt, queueDepth: 0, uptimeSeconds: 0 });
+  const metrics = new Metrics({
+    rows: async () =>
+      collectStatus(
+        o.runner,
+        o.runDir,
+        await cachedCapabilities(o.runner, o.runDir),
+        await loadPolicyCached(o.policyFile, o.runDir),
+      ),
+    health: () => health(),
+    log,
+  });
   const { service, close: closeService } = await openLocalService({
     runner: o.runner,
     runDir: o.runDir,
@@ -51,7 +68,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     libvirtUri: o.libvirtUri,
     audit: true,
     libvirtState: () => ({ ...libvirt }),
+    metrics,
   });
+  health = () => service.health();
   const { buildApi } = await import("./api/server.js");
   const { listenTcp, listenUnix, socketAuthenticator } = await import("./api/listen.js");
   const closers: (() => Promise<void> | void)[] = [closeService];
@@ -70,7 +89,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
         try {
           return store.authenticate(headers);
         } catch (e) {
-          log.error(`tokens file ${o.tokensFile}: ${(e as Error).message}; refusing every token until it is fixed`);
+          log.error(
+            `tokens file ${o.tokensFile}: ${(e as Error).message}; refusing every token until it is fixed`,
+          );
           return undefined;
         }
       },

@@ -86,6 +86,15 @@ export interface ServiceDeps {
   libvirtUri?: string;
   /** The libvirt connection's state, for health (the agent's event watch sets it). */
   libvirtState?: () => Health["libvirt"];
+  /** The agent's metrics (src/agent/metrics.ts): told about every change and reconcile. */
+  metrics?: MetricsSink;
+}
+
+/** What the service tells the metrics (src/agent/metrics.ts's Metrics). */
+export interface MetricsSink {
+  liveChange(door: AuditDoor, result: AuditEntry["result"]): void;
+  observeReconcile(seconds: number): void;
+  render(): Promise<{ contentType: string; body: string }>;
 }
 
 /** Interface types with a host netdev for tc (the rest: vhostuser, hostdev, user... cannot be shaped). */
@@ -117,8 +126,22 @@ export class LocalService implements AgentService {
   private readonly started = Date.now();
   private last?: Health["lastReconcile"];
 
+  readonly metrics?: () => Promise<{ contentType: string; body: string }>;
+
   constructor(private readonly deps: ServiceDeps) {
     this.queue = deps.queue ?? new WorkQueue();
+    const m = deps.metrics;
+    if (m) this.metrics = () => m.render();
+  }
+
+  /** reconcile(), timed for the metrics. */
+  private async timed(ctx: EngineContext, req: Parameters<typeof reconcile>[1]): Promise<ReconcileResult> {
+    const t0 = performance.now();
+    try {
+      return await reconcile(ctx, req);
+    } finally {
+      if (!req.dryRun) this.deps.metrics?.observeReconcile((performance.now() - t0) / 1000);
+    }
   }
 
   private engine(door: string, who: string): EngineContext {
@@ -383,7 +406,7 @@ export class LocalService implements AgentService {
       let result: ReconcileResult | undefined;
       if (running) {
         try {
-          result = await reconcile(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
+          result = await this.timed(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
         } catch (e) {
           await this.undo(ref, old, metadataBefore, writesMetadata, running);
           throw e;
@@ -406,6 +429,7 @@ export class LocalService implements AgentService {
       throw e;
     } finally {
       this.deps.audit?.record(audit);
+      this.deps.metrics?.liveChange(door, audit.result);
     }
   }
 
@@ -489,7 +513,7 @@ export class LocalService implements AgentService {
       const uuid = info?.uuid ?? record?.domainUuid ?? domain;
       const policy = await this.deps.policy();
       const ctx = this.engine(door, "agent");
-      const r = await reconcile(ctx, { domains: running && info ? [info] : [], policy, scope: [uuid] });
+      const r = await this.timed(ctx, { domains: running && info ? [info] : [], policy, scope: [uuid] });
       this.last = { at: new Date().toISOString(), domain: info?.name ?? domain, ok: !r.failure };
     });
   }

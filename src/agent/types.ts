@@ -141,4 +141,6 @@ export interface AgentService {
   clearInterface(domain: string, iface: string, persist: Persist, who: Principal): Promise<InterfaceView>;
   audit(query: AuditQuery): AuditEntry[];
   health(): Health;
+  /** Prometheus text (the agent; absent where no metrics are kept). */
+  metrics?(): Promise<{ contentType: string; body: string }>;
 }

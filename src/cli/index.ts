@@ -12,6 +12,7 @@ import { addLabCommand } from "./lab.js";
 import { addLiveCommands } from "./live.js";
 import { addStatusCommand } from "./status.js";
 import { addTokenCommands } from "./token.js";
+import { addTopCommand } from "./top.js";
 import { addTxCommands } from "./tx.js";
 
 // The CLI: one file per command in this directory, assembled here. Every command that reports takes --json;
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
   addApplyCommands(program); // plan, apply
   addTxCommands(program);
   addStatusCommand(program);
+  addTopCommand(program);
   addLiveCommands(program); // set, get
   addAgentCommands(program); // agent, install-agent
   addTokenCommands(program);

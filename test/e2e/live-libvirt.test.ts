@@ -291,6 +291,21 @@ test(
         },
       );
       assert.equal(noToken.status, 401);
+      const metrics = await new Promise<string>((resolve, reject) => {
+        const req = request({ socketPath, path: "/metrics" }, (res) => {
+          let text = "";
+          res.setEncoding("utf8").on("data", (c: string) => {
+            text += c;
+          });
+          res.on("end", () => resolve(`${res.statusCode}\n${text}`));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+      assert.match(metrics, /^200\n/);
+      assert.match(metrics, /virtqos_live_changes_total\{door="api",result="ok"\} [1-9]/);
+      assert.match(metrics, /virtqos_live_changes_total\{door="nova",result="ok"\} [1-9]/);
+      assert.match(metrics, new RegExp(`virtqos_limit_rate_bits_per_second\\{[^}]*domain="${NAME}"`));
       const audit = await cli(["audit", "--domain", NAME, "--json"]);
       assert.equal(audit.code, 0, audit.stderr);
       const doors = (JSON.parse(audit.stdout) as { entries: { door: string; result: string }[] }).entries.map(

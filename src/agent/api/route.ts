@@ -36,6 +36,8 @@ export interface RouteSpec<P, Q, B> {
   /** The path parameter naming the domain: a scoped token's DOMAIN_NOT_FOUND for it becomes FORBIDDEN. */
   domainParam?: string;
   success: { status: number; description: string; schema: TSchema; example?: unknown };
+  /** The handler answers `{ contentType, body }` to send as it is (Prometheus text), not JSON. */
+  raw?: boolean;
   /** Codes the service may answer with, beyond validation, authentication and INTERNAL (for the document). */
   errors: ErrorCode[];
   shape: ErrorShape;

@@ -167,6 +167,10 @@ export function buildApi(opts: ApiOptions): FastifyInstance {
           const query = r.query.parse(req.query ?? {});
           const body = r.body ? r.body.parse(req.body) : undefined;
           const result = await r.handle({ service, principal, params, query, body });
+          if (r.raw) {
+            const raw = result as { contentType: string; body: string };
+            return reply.code(r.success.status).header("content-type", raw.contentType).send(raw.body);
+          }
           return reply.code(r.success.status).send(result);
         } catch (e) {
           let p = problemFromHandler(e, describeRequest(req), log);

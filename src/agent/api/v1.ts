@@ -1,3 +1,5 @@
+import { Type } from "@sinclair/typebox";
+import { VirtqosError } from "../../core/errors.js";
 import { inScope, isScoped, resolveDomain } from "./authz.js";
 import { defineRoute, type Route } from "./route.js";
 import {
@@ -43,6 +45,25 @@ export function v1Routes(): Route[] {
       errors: [],
       shape: "v1",
       handle: ({ service }) => service.health(),
+    }),
+    defineRoute({
+      method: "GET",
+      url: "/metrics",
+      operationId: "getMetrics",
+      summary:
+        "Prometheus metrics: limits, counters and in-force state per interface and direction; the agent's own.",
+      description: "Prometheus text exposition format 0.0.4; docs/observability.md lists every metric.",
+      tag: "agent",
+      action: "read",
+      query: NoQueryPart,
+      success: { status: 200, description: "The metrics, as text.", schema: Type.String() },
+      errors: ["ROUTE_NOT_FOUND"],
+      shape: "v1",
+      raw: true,
+      handle: async ({ service }) => {
+        if (!service.metrics) throw new VirtqosError("ROUTE_NOT_FOUND", "this agent serves no metrics");
+        return service.metrics();
+      },
     }),
     defineRoute({
       method: "GET",
