@@ -1,4 +1,4 @@
-// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,groups,scale] [--quick] [--full-scale]`, as root.
+// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,groups,scale,agent] [--quick] [--full-scale]`, as root.
 // Prints a table and writes bench/results.json. Exits 0 even when a target is missed: this is a report.
 // `--kernel`: accuracy and latency on Debian's stock kernel in a VM (scripts/kernel-vm.sh), recorded in the same
 // file as `kernel.*` rows plus a `kernel` section (kernel version, durations); other runs keep those.
@@ -8,6 +8,7 @@ import { cpus, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { accuracy } from "./accuracy.js";
+import { agent } from "./agent.js";
 import { type Bench, type BenchResult, errored, removeStaleNamespaces, runAllCleanups } from "./common.js";
 import { firstSecond } from "./first-second.js";
 import { groups } from "./groups.js";
@@ -24,6 +25,7 @@ const BENCHES: Record<string, Bench> = {
   hook,
   groups,
   scale,
+  agent,
 };
 
 /** What `--kernel` measures in the VM unless --only says otherwise. */

@@ -58,7 +58,7 @@ export function scaleDomainXml(d: number): string {
 }
 
 /** A namespace with TAPS veth pairs, created by one `ip -batch -`; returns the creation time. */
-async function tapNamespace(
+export async function tapNamespace(
   tag: string,
   register: (ns: string) => void,
 ): Promise<{ ns: string; createMs: number }> {

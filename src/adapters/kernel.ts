@@ -53,6 +53,13 @@ export async function observe(
     stats?: boolean;
     /** Dumps already under way (taken under the same lock). */
     base?: BaseDump;
+    /**
+     * Only these domains' devices need their classes and filters read (a scoped reconcile, one domain's
+     * status): their taps and IFBs, the taps their IFBs' aliases name (a reused tap may still redirect to
+     * one), and the group trees. Other devices are known by their qdiscs only: on a host of 1000 shaped taps
+     * this is the difference between reading one domain and reading the whole host on every guest start.
+     */
+    scopeUuids?: readonly string[];
   },
 ): Promise<Observed> {
   const detailArgs = [...(opts.stats ? ["-s"] : []), "-d", "-j", "-batch", "-"];
@@ -95,8 +102,19 @@ async function observeWith(
   const qdiscs = qdiscsFromJson(JSON.parse(qdiscRes.stdout || "[]"));
 
   const wanted = new Set<string>(opts.devs);
-  for (const l of links.values()) if (parseIfbAlias(l.alias)) wanted.add(l.name);
-  for (const r of opts.records) for (const i of r.interfaces) if (i.dev) wanted.add(i.dev);
+  const scope = opts.everything || !opts.scopeUuids ? undefined : new Set(opts.scopeUuids);
+  for (const l of links.values()) {
+    const alias = parseIfbAlias(l.alias);
+    if (!alias) continue;
+    if (!scope || alias.role === "group" || (alias.domainUuid !== undefined && scope.has(alias.domainUuid))) {
+      wanted.add(l.name);
+      if (alias.role === "iface" && alias.dev) wanted.add(alias.dev);
+    }
+  }
+  for (const r of opts.records) {
+    if (scope && !scope.has(r.domainUuid)) continue;
+    for (const i of r.interfaces) if (i.dev) wanted.add(i.dev);
+  }
   if (opts.everything) for (const dev of qdiscs.keys()) wanted.add(dev);
 
   const queries: DeviceQuery[] = [];

@@ -212,7 +212,7 @@ export class LocalService implements AgentService {
     if (status && record && ref.state === "running") {
       try {
         const caps = this.deps.caps ?? (await cachedCapabilities(this.deps.runner, this.deps.runDir));
-        const rows = await collectStatus(this.deps.runner, this.deps.runDir, caps, policy);
+        const rows = await collectStatus(this.deps.runner, this.deps.runDir, caps, policy, [ref.uuid]);
         for (const row of rows.filter((r) => r.domainUuid === ref.uuid)) {
           matches.set(row.mac, (matches.get(row.mac) ?? true) && row.matches);
         }
@@ -513,7 +513,11 @@ export class LocalService implements AgentService {
       const uuid = info?.uuid ?? record?.domainUuid ?? domain;
       const policy = await this.deps.policy();
       const ctx = this.engine(door, "agent");
-      const r = await this.timed(ctx, { domains: running && info ? [info] : [], policy, scope: [uuid] });
+      const r = await this.timed(ctx, {
+        domains: running && info ? [info] : [],
+        policy,
+        scope: [uuid],
+      });
       this.last = { at: new Date().toISOString(), domain: info?.name ?? domain, ok: !r.failure };
     });
   }

@@ -105,7 +105,12 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
   const release =
     req.dryRun || ctx.held || ctx.lockHeld ? () => {} : await acquireLock(ctx.runDir, ctx.lockTimeoutMs);
   try {
-    const before = await snapshot(ctx, desired, req.scope === "all");
+    const before = await snapshot(
+      ctx,
+      desired,
+      req.scope === "all",
+      req.scope === "all" ? undefined : [...req.scope, ...desired.map((d) => d.domainUuid)],
+    );
     const p = plan(desired, before, caps, {
       leaf: req.policy.leaf,
       scope: req.scope,
@@ -160,12 +165,14 @@ export async function snapshot(
   ctx: EngineContext,
   desired: DesiredInterface[],
   everything: boolean,
+  scopeUuids?: readonly string[],
 ): Promise<Observed> {
   return observe(ctx.runner, {
     devs: desired.flatMap((d) => (d.dev ? [d.dev] : [])),
     records: loadRecords(ctx.runDir),
     everything,
     base: ctx.held?.base,
+    scopeUuids,
   });
 }
 

@@ -77,9 +77,12 @@ export async function collectStatus(
   runDir: string,
   caps: Capabilities,
   policy: Policy,
+  /** Only these domains (the agent's GET of one domain): their devices alone are read in detail. */
+  scope?: readonly string[],
 ): Promise<StatusRow[]> {
-  const records = loadRecords(runDir);
-  const observed = await observe(runner, { devs: [], records, stats: true });
+  const all = loadRecords(runDir);
+  const records = scope ? all.filter((r) => scope.includes(r.domainUuid)) : all;
+  const observed = await observe(runner, { devs: [], records: all, stats: true, scopeUuids: scope });
   const desired = desiredFromRecords(records);
   const p = plan(desired, observed, caps, {
     leaf: policy.leaf,

@@ -1,7 +1,7 @@
-import type { DomainSource, DomainSummaryRef } from "../../src/agent/service.js";
-import { VirtqosError } from "../../src/core/errors.js";
+import type { DomainSource, DomainSummaryRef } from "../agent/service.js";
+import { VirtqosError } from "../core/errors.js";
 
-// A DomainSource for the namespace lab, where there is no libvirtd: domains as XML text, the way libvirt
+// A DomainSource for the namespace lab and the benchmarks, where there is no libvirtd: domains as XML text, the way libvirt
 // would return them, with virtqos's <metadata> element kept apart (live and persistent) as libvirt keeps it.
 // Only the lab's domain list is fake; the service, the engine and the kernel under it are real.
 

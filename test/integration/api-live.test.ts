@@ -10,7 +10,7 @@ import { buildApi } from "../../src/agent/api/server.js";
 import { LocalService } from "../../src/agent/service.js";
 import type { AuditEntry, Authenticator, InterfaceView } from "../../src/agent/types.js";
 import type { Lab } from "../../src/lab/topology.js";
-import { MemorySource } from "../helpers/memory-source.js";
+import { MemorySource } from "../../src/lab/memory-source.js";
 import {
   closeLab,
   domainXml,

@@ -11,7 +11,7 @@ import type { Principal } from "../../src/agent/types.js";
 import { recordIfb } from "../../src/core/plan.js";
 import { runTransfers } from "../../src/lab/iperf.js";
 import type { Lab } from "../../src/lab/topology.js";
-import { MemorySource } from "../helpers/memory-source.js";
+import { MemorySource } from "../../src/lab/memory-source.js";
 import {
   closeLab,
   domainXml,

@@ -21,7 +21,7 @@ import type { Health } from "../../src/agent/types.js";
 import { collectStatus, type StatusRow } from "../../src/app/status.js";
 import { runTransfers } from "../../src/lab/iperf.js";
 import type { Lab } from "../../src/lab/topology.js";
-import { MemorySource } from "../helpers/memory-source.js";
+import { MemorySource } from "../../src/lab/memory-source.js";
 import {
   applyXml,
   closeLab,
