@@ -1,0 +1,244 @@
+/**
+ * The agent through what a host goes through, with a real libvirtd + QEMU (TCG) and the installed hook:
+ * libvirtd restarted under a running agent (it reconnects and keeps following metadata edits), the agent
+ * killed (SIGKILL) in the middle of a burst of live changes and started again (no accepted change lost, the
+ * kernel matches the records), and a host "reboot" (the guest stopped, libvirtd and the agent restarted, the
+ * guest started again): a limit set with persist "both" is in force again.
+ *
+ * Uses the real default paths, like the other libvirt e2e files; HookTestHost saves and puts back what it
+ * changes.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { liveFilePath, readLiveFile } from "../../src/adapters/live-store.js";
+import {
+  createLinuxBridge,
+  defineAndStart,
+  destroy,
+  ensureLibvirt,
+  makeDomainXml,
+  restartLibvirtd,
+  startDomain,
+  undefine,
+  virshOk,
+} from "./libvirt-env.js";
+import { cli, HookTestHost, installHook, REPO, virtqosStatus, writePolicy } from "./virtqos-e2e.js";
+
+const P = "vqr";
+const NAME = `${P}-one`;
+const NEUTRAL = "# Written by test/e2e/agent-robust.test.ts; the original is put back when the test ends.\n";
+const POLICY = `${NEUTRAL}defaults:\n  inbound: { average: 10mbit }\n  outbound: { average: 10mbit }\n`;
+const env = await ensureLibvirt();
+const host = new HookTestHost(P, NEUTRAL);
+const CLI = join(REPO, "bin", "virtqos");
+const MACS = ["52:54:00:7e:01:01", "52:54:00:7e:01:02", "52:54:00:7e:01:03", "52:54:00:7e:01:04"];
+
+interface Answer {
+  status: number;
+  body: unknown;
+}
+
+function http(socketPath: string, method: string, path: string, body?: unknown): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = request(
+      { socketPath, method, path, headers: data ? { "content-type": "application/json" } : {} },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c: string) => {
+          text += c;
+        });
+        res.on("end", () =>
+          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }),
+        );
+      },
+    );
+    req.on("error", reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<number> {
+  const t0 = performance.now();
+  while (performance.now() - t0 < timeoutMs) {
+    if (await fn().catch(() => false)) return performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms`);
+}
+
+async function inForce(mac: string): Promise<number | undefined> {
+  const r = await cli(["get", NAME, mac, "--direct", "--json"]);
+  if (r.code !== 0) throw new Error(r.stderr);
+  const [v] = (
+    JSON.parse(r.stdout) as { interfaces: { inbound: { inForce?: { rateBitsPerSec: number } } }[] }
+  ).interfaces;
+  return v.inbound.inForce?.rateBitsPerSec;
+}
+
+test(
+  "the agent through libvirtd restarts, its own crash and a host reboot",
+  {
+    skip: env.ok ? false : env.reason,
+    timeout: 900_000,
+  },
+  async (t) => {
+    await host.setUp(t);
+    const installed = await installHook(t);
+    assert.equal(installed.code, 0, installed.stderr);
+    await writePolicy(POLICY);
+    const br = await createLinuxBridge(`${P}-br0`);
+    const uuid = host.newUuid();
+    const xml = makeDomainXml({
+      name: NAME,
+      uuid,
+      interfaces: MACS.map((mac) => ({ type: "bridge" as const, bridge: br, mac })),
+    });
+    const dir = await mkdtemp(join(tmpdir(), `${P}-agent-`));
+    const socketPath = join(dir, "api.sock");
+    let agent: ChildProcess | undefined;
+    const startAgent = async () => {
+      agent = spawn(process.execPath, [CLI, "agent", "--socket", socketPath], {
+        env: { ...process.env, VIRTQOS_LOG: "stderr" },
+        stdio: ["ignore", "ignore", "inherit"],
+      });
+      await until(
+        "agent socket",
+        async () => existsSync(socketPath) && (await http(socketPath, "GET", "/v1/health")).status === 200,
+        20_000,
+      );
+      await until(
+        "libvirt connected",
+        async () =>
+          ((await http(socketPath, "GET", "/v1/health")).body as { libvirt: { connected: boolean } }).libvirt
+            .connected,
+        20_000,
+      );
+    };
+    t.after(async () => {
+      agent?.kill("SIGKILL");
+      await destroy(NAME);
+      await undefine(NAME);
+      await rm(liveFilePath(undefined, uuid), { force: true });
+      await rm(dir, { recursive: true, force: true });
+    });
+    await defineAndStart(xml);
+    await startAgent();
+
+    await t.test(
+      "libvirtd restarted under the agent: it reconnects and keeps applying metadata edits",
+      async () => {
+        const ms = await restartLibvirtd();
+        t.diagnostic(`libvirtd restart: ${Math.round(ms)} ms`);
+        const back = await until(
+          "reconnected",
+          async () =>
+            ((await http(socketPath, "GET", "/v1/health")).body as { libvirt: { connected: boolean } })
+              .libvirt.connected,
+          30_000,
+        );
+        t.diagnostic(`agent reconnected ${Math.round(back)} ms after the restart script returned`);
+        await virshOk([
+          "metadata",
+          NAME,
+          "--uri",
+          "https://virtqos.dev/xmlns/qos/1",
+          "--key",
+          "virtqos",
+          "--live",
+          "--set",
+          `<qos xmlns="https://virtqos.dev/xmlns/qos/1"><interface mac="${MACS[3]}"><inbound average="500"/></interface></qos>`,
+        ]);
+        const took = await until(
+          "metadata applied after the restart",
+          async () => (await inForce(MACS[3])) === 4e6,
+          5000,
+        );
+        t.diagnostic(`metadata edit applied ${Math.round(took)} ms after virsh returned`);
+      },
+    );
+
+    await t.test(
+      "the agent killed in the middle of 24 live changes: nothing accepted is lost, the kernel matches",
+      async () => {
+        // Six changes per interface, from distinct rates; the agent dies after the fourth answer.
+        const sent: { mac: string; kBps: number; answer?: Answer; error?: string }[] = [];
+        for (let round = 0; round < 6; round++) {
+          for (const mac of MACS.slice(0, 3)) sent.push({ mac, kBps: 250 * (1 + round + sent.length) });
+        }
+        let answered = 0;
+        const all = sent.map(async (s) => {
+          try {
+            s.answer = await http(socketPath, "PATCH", `/v1/domains/${NAME}/interfaces/${s.mac}`, {
+              inbound: { average: s.kBps },
+              persist: "live",
+            });
+            if (++answered === 4) agent?.kill("SIGKILL");
+          } catch (e) {
+            s.error = (e as Error).message;
+          }
+        });
+        await Promise.all(all);
+        const accepted = sent.filter((s) => s.answer?.status === 200).length;
+        t.diagnostic(`${accepted} accepted, ${sent.filter((s) => s.error).length} cut off by the kill`);
+        assert.ok(accepted >= 4, "some changes were answered before the kill");
+        await startAgent();
+        for (const mac of MACS.slice(0, 3)) {
+          const mine = sent.filter((s) => s.mac === mac);
+          const lastAccepted = mine
+            .map((s, i) => (s.answer?.status === 200 ? i : -1))
+            .reduce((a, b) => Math.max(a, b), -1);
+          // What may be in force: the last accepted change, or one sent after it that the kill cut off (it may
+          // have reached the kernel and the store before the answer was lost).
+          const allowed = new Set(mine.slice(Math.max(0, lastAccepted)).map((s) => s.kBps * 8000));
+          const store = readLiveFile(undefined, uuid)?.interfaces[mac]?.live?.inbound?.rateBitsPerSec;
+          const kernel = await inForce(mac);
+          assert.ok(
+            store !== undefined && allowed.has(store),
+            `${mac}: store ${store}, allowed ${[...allowed]}`,
+          );
+          assert.equal(kernel, store, `${mac}: the kernel has what the store says`);
+        }
+        // The restarted agent re-checks every running guest once libvirt is connected: it converges.
+        let rows: Awaited<ReturnType<typeof virtqosStatus>>["rows"] = [];
+        try {
+          await until(
+            "status matches",
+            async () => {
+              rows = (await virtqosStatus()).rows.filter((r) => r.domainUuid === uuid);
+              return rows.length > 0 && rows.every((r) => r.matches);
+            },
+            15_000,
+          );
+        } catch (e) {
+          assert.fail(`${(e as Error).message}: ${JSON.stringify(rows.filter((r) => !r.matches))}`);
+        }
+      },
+    );
+
+    await t.test(
+      "host reboot: guest stopped, libvirtd and agent restarted, guest started: persisted limit back",
+      async () => {
+        const set = await http(socketPath, "PATCH", `/v1/domains/${NAME}/interfaces/${MACS[0]}`, {
+          inbound: { average: 3000 },
+          persist: "both",
+        });
+        assert.equal(set.status, 200, JSON.stringify(set.body));
+        agent?.kill("SIGTERM");
+        await destroy(NAME);
+        await restartLibvirtd();
+        await startAgent();
+        await startDomain(NAME);
+        await until("persisted limit in force", async () => (await inForce(MACS[0])) === 24e6, 10_000);
+        assert.equal(await inForce(MACS[1]), 10e6, "a live-only limit ended with the run");
+      },
+    );
+  },
+);
