@@ -17,7 +17,6 @@ import { parseDomainXml } from "../src/core/domain-xml.js";
 import { emptyPolicy } from "../src/core/policy.js";
 import { MemorySource } from "../src/lab/memory-source.js";
 import {
-  atLeast,
   atMost,
   type BenchOptions,
   type BenchResult,
