@@ -89,10 +89,16 @@ export function addLiveCommands(program: Command): void {
     .option("--json", "machine-readable output")
     .action(async (domain: string, iface: string, o: SetOpts) => {
       const g = globals(program, o.json);
-      if (o.inbound === undefined && o.outbound === undefined) {
+      if (o.clear && (o.inbound !== undefined || o.outbound !== undefined)) {
         throw new VirtqosError(
           "USAGE",
-          "give --inbound, --outbound or both (an average of 0 lifts a direction)",
+          "--clear drops the live limits; give it without --inbound/--outbound",
+        );
+      }
+      if (!o.clear && o.inbound === undefined && o.outbound === undefined) {
+        throw new VirtqosError(
+          "USAGE",
+          "give --inbound, --outbound or both (an average of 0 lifts a direction), or --clear",
         );
       }
       const change: LiveChange = { persist: "live", door: "cli" };
