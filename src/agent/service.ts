@@ -361,18 +361,24 @@ export class LocalService implements AgentService {
       const old = readLiveFileOrNew(this.deps.stateDir, ref, this.deps.log);
       const next: LiveFile = structuredClone(old);
       next.domainName = ref.name;
-      const entry = (next.interfaces[mac] ??= { setAt: at, setBy: who.name });
-      entry.setAt = at;
-      entry.setBy = who.name;
-      if (persist !== "config") edit((entry.live ??= {}));
-      if (persist !== "live") edit((entry.config ??= {}));
+      next.interfaces[mac] = { ...next.interfaces[mac], setAt: at, setBy: who.name };
+      const entry = next.interfaces[mac];
+      if (persist !== "config") {
+        entry.live = entry.live ?? {};
+        edit(entry.live);
+      }
+      if (persist !== "live") {
+        entry.config = entry.config ?? {};
+        edit(entry.config);
+      }
       // A change for the next start only must not change the running guest: pin what is in force now as its
       // live limit, where no live limit is set yet (as `virsh domiftune --config` leaves the running domain).
       if (persist === "config" && running) {
         for (const d of DIRECTIONS) {
           if (entry.live && d in entry.live) continue;
           const f = before[d].inForce;
-          (entry.live ??= {})[d] = f
+          entry.live = entry.live ?? {};
+          entry.live[d] = f
             ? {
                 rateBitsPerSec: f.rateBitsPerSec,
                 ceilBitsPerSec: f.ceilBitsPerSec,

@@ -71,6 +71,23 @@ export function interfacesTable(domain: string, views: InterfaceView[]): string 
   return formatTable(rows);
 }
 
+/** The agent's view of a domain's interfaces; undefined when no agent listens. */
+const agentInterfaces = (domain: string) =>
+  agentRequest(apiSocketPath(), "GET", `/v1/domains/${encodeURIComponent(domain)}/interfaces`);
+
+/** The service on this host, without an agent: what `set`/`get --direct` use. */
+function localService(ctx: ReturnType<typeof context>, audit: boolean) {
+  return openLocalService({
+    runner: ctx.runner,
+    runDir: ctx.runDir,
+    stateDir: ctx.stateDir,
+    policyFile: ctx.policyFile,
+    log: ctx.log,
+    libvirtUri: libvirtUri(),
+    audit,
+  });
+}
+
 export function addLiveCommands(program: Command): void {
   program
     .command("set")
@@ -107,23 +124,10 @@ export function addLiveCommands(program: Command): void {
       const path = `/v1/domains/${encodeURIComponent(domain)}/interfaces/${encodeURIComponent(iface)}`;
       const log = cliLogger(g);
       const ctx = context(g, log);
-      const local = async () =>
-        openLocalService({
-          runner: ctx.runner,
-          runDir: ctx.runDir,
-          stateDir: ctx.stateDir,
-          policyFile: ctx.policyFile,
-          log,
-          libvirtUri: libvirtUri(),
-          audit: true,
-        });
+      const local = () => localService(ctx, true);
       let view: InterfaceView | undefined;
       if (!o.direct) {
-        const probe = await agentRequest(
-          apiSocketPath(),
-          "GET",
-          `/v1/domains/${encodeURIComponent(domain)}/interfaces`,
-        );
+        const probe = await agentInterfaces(domain);
         if (probe) {
           if (probe.status >= 400) throw agentError(probe);
           const state = (probe.body as { domain?: { state?: string } }).domain?.state;
@@ -170,26 +174,14 @@ export function addLiveCommands(program: Command): void {
       const log = cliLogger(g);
       let views: InterfaceView[] | undefined;
       if (!o.direct) {
-        const a = await agentRequest(
-          apiSocketPath(),
-          "GET",
-          `/v1/domains/${encodeURIComponent(domain)}/interfaces`,
-        );
+        const a = await agentInterfaces(domain);
         if (a) {
           if (a.status >= 400) throw agentError(a);
           views = (a.body as { interfaces: InterfaceView[] }).interfaces;
         }
       }
       if (!views) {
-        const ctx = context(g, log);
-        const { service, close } = await openLocalService({
-          runner: ctx.runner,
-          runDir: ctx.runDir,
-          stateDir: ctx.stateDir,
-          policyFile: ctx.policyFile,
-          log,
-          libvirtUri: libvirtUri(),
-        });
+        const { service, close } = await localService(context(g, log), false);
         try {
           views = await service.getInterfaces(domain);
         } finally {

@@ -12,11 +12,11 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { liveFilePath, readLiveFile } from "../../src/adapters/live-store.js";
+import { type Answer, http as httpTo, until } from "./agent-client.js";
 import {
   createLinuxBridge,
   defineAndStart,
@@ -38,41 +38,6 @@ const env = await ensureLibvirt();
 const host = new HookTestHost(P, NEUTRAL);
 const CLI = join(REPO, "bin", "virtqos");
 const MACS = ["52:54:00:7e:01:01", "52:54:00:7e:01:02", "52:54:00:7e:01:03", "52:54:00:7e:01:04"];
-
-interface Answer {
-  status: number;
-  body: unknown;
-}
-
-function http(socketPath: string, method: string, path: string, body?: unknown): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
-      { socketPath, method, path, headers: data ? { "content-type": "application/json" } : {} },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8").on("data", (c: string) => {
-          text += c;
-        });
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }),
-        );
-      },
-    );
-    req.on("error", reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<number> {
-  const t0 = performance.now();
-  while (performance.now() - t0 < timeoutMs) {
-    if (await fn().catch(() => false)) return performance.now() - t0;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms`);
-}
 
 async function inForce(mac: string): Promise<number | undefined> {
   const r = await cli(["get", NAME, mac, "--direct", "--json"]);
@@ -111,14 +76,15 @@ test(
       });
       await until(
         "agent socket",
-        async () => existsSync(socketPath) && (await http(socketPath, "GET", "/v1/health")).status === 200,
+        async () =>
+          existsSync(socketPath) && (await httpTo({ socketPath }, "GET", "/v1/health")).status === 200,
         20_000,
       );
       await until(
         "libvirt connected",
         async () =>
-          ((await http(socketPath, "GET", "/v1/health")).body as { libvirt: { connected: boolean } }).libvirt
-            .connected,
+          ((await httpTo({ socketPath }, "GET", "/v1/health")).body as { libvirt: { connected: boolean } })
+            .libvirt.connected,
         20_000,
       );
     };
@@ -140,7 +106,7 @@ test(
         const back = await until(
           "reconnected",
           async () =>
-            ((await http(socketPath, "GET", "/v1/health")).body as { libvirt: { connected: boolean } })
+            ((await httpTo({ socketPath }, "GET", "/v1/health")).body as { libvirt: { connected: boolean } })
               .libvirt.connected,
           30_000,
         );
@@ -176,7 +142,7 @@ test(
         let answered = 0;
         const all = sent.map(async (s) => {
           try {
-            s.answer = await http(socketPath, "PATCH", `/v1/domains/${NAME}/interfaces/${s.mac}`, {
+            s.answer = await httpTo({ socketPath }, "PATCH", `/v1/domains/${NAME}/interfaces/${s.mac}`, {
               inbound: { average: s.kBps },
               persist: "live",
             });
@@ -226,7 +192,7 @@ test(
     await t.test(
       "host reboot: guest stopped, libvirtd and agent restarted, guest started: persisted limit back",
       async () => {
-        const set = await http(socketPath, "PATCH", `/v1/domains/${NAME}/interfaces/${MACS[0]}`, {
+        const set = await httpTo({ socketPath }, "PATCH", `/v1/domains/${NAME}/interfaces/${MACS[0]}`, {
           inbound: { average: 3000 },
           persist: "both",
         });

@@ -13,12 +13,12 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { liveFilePath } from "../../src/adapters/live-store.js";
 import { recordIfb } from "../../src/core/plan.js";
+import { http as httpTo, until } from "./agent-client.js";
 import {
   createLinuxBridge,
   createNetwork,
@@ -92,42 +92,10 @@ async function objects(
   return { shape: shape.sort(), rates };
 }
 
-function http(
-  opts: {
-    socketPath?: string;
-    port?: number;
-    method: string;
-    path: string;
-    headers?: Record<string, string>;
-  },
+const http = (
+  o: { socketPath?: string; port?: number; method: string; path: string; headers?: Record<string, string> },
   body?: unknown,
-): Promise<{ status: number; body: unknown }> {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
-      {
-        socketPath: opts.socketPath,
-        host: opts.socketPath ? undefined : "127.0.0.1",
-        port: opts.port,
-        method: opts.method,
-        path: opts.path,
-        headers: { ...(data ? { "content-type": "application/json" } : {}), ...opts.headers },
-      },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8").on("data", (c: string) => {
-          text += c;
-        });
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }),
-        );
-      },
-    );
-    req.on("error", reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
+) => httpTo({ socketPath: o.socketPath, port: o.port, headers: o.headers }, o.method, o.path, body);
 
 function runWithEnv(
   args: string[],
@@ -145,15 +113,6 @@ function runWithEnv(
     });
     c.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr }));
   });
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<number> {
-  const t0 = performance.now();
-  while (performance.now() - t0 < timeoutMs) {
-    if (await fn()) return performance.now() - t0;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms`);
 }
 
 test(
@@ -314,17 +273,8 @@ test(
         },
       );
       assert.equal(noToken.status, 401);
-      const metrics = await new Promise<string>((resolve, reject) => {
-        const req = request({ socketPath, path: "/metrics" }, (res) => {
-          let text = "";
-          res.setEncoding("utf8").on("data", (c: string) => {
-            text += c;
-          });
-          res.on("end", () => resolve(`${res.statusCode}\n${text}`));
-        });
-        req.on("error", reject);
-        req.end();
-      });
+      const m = await httpTo({ socketPath }, "GET", "/metrics");
+      const metrics = `${m.status}\n${m.body}`;
       assert.match(metrics, /^200\n/);
       assert.match(metrics, /virtqos_live_changes_total\{door="api",result="ok"\} [1-9]/);
       assert.match(metrics, /virtqos_live_changes_total\{door="nova",result="ok"\} [1-9]/);

@@ -1,10 +1,3 @@
-import { VirtqosError } from "../../src/core/errors.js";
-import {
-  LIBVIRT_BURST_UNIT_BYTES,
-  LIBVIRT_RATE_UNIT_BITS_PER_SEC,
-  parseRate,
-  parseSize,
-} from "../../src/core/units.js";
 import type {
   AgentService,
   AuditEntry,
@@ -20,6 +13,13 @@ import type {
   Principal,
   RateInput,
 } from "../../src/agent/types.js";
+import { VirtqosError } from "../../src/core/errors.js";
+import {
+  LIBVIRT_BURST_UNIT_BYTES,
+  LIBVIRT_RATE_UNIT_BITS_PER_SEC,
+  parseRate,
+  parseSize,
+} from "../../src/core/units.js";
 
 // An in-memory AgentService and Authenticator for the API's tests (and anyone testing a client against the
 // API): three domains, the errors a real service throws for missing or unshapeable things, and a record of

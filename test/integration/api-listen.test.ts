@@ -7,11 +7,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import type { FastifyInstance } from "fastify";
-import { FAKE_UUIDS, FakeAgentService, fakeAuthenticator } from "../helpers/fake-agent.js";
 import { listenTcp, listenUnix, readTls, socketAuthenticator } from "../../src/agent/api/listen.js";
 import { buildApi } from "../../src/agent/api/server.js";
 import type { Principal } from "../../src/agent/types.js";
 import { errorCodeOf } from "../../src/core/errors.js";
+import { FAKE_UUIDS, FakeAgentService, fakeAuthenticator } from "../helpers/fake-agent.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: answers are JSON, probed field by field (after a schema check)
 type Json = any;

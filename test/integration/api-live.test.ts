@@ -5,12 +5,11 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { FastifyInstance } from "fastify";
 import { AuditStore } from "../../src/adapters/audit.js";
-import { createLogger } from "../../src/adapters/log.js";
 import { buildApi } from "../../src/agent/api/server.js";
-import { LocalService } from "../../src/agent/service.js";
 import type { AuditEntry, Authenticator, InterfaceView } from "../../src/agent/types.js";
-import type { Lab } from "../../src/lab/topology.js";
 import { MemorySource } from "../../src/lab/memory-source.js";
+import type { Lab } from "../../src/lab/topology.js";
+import { labService } from "../helpers/lab-service.js";
 import {
   closeLab,
   domainXml,
@@ -74,16 +73,8 @@ describe("REST API on the real engine (namespace lab)", { skip: SKIP_NOT_ROOT },
       });
     }
     const pol = policy(`defaults:\n  inbound: { average: 10mbit }\n  outbound: { average: 10mbit }\n`);
-    const service = new LocalService({
-      source,
-      runner: h.runner,
-      runDir: h.runDir,
-      stateDir,
-      log: createLogger({ level: "info", target: "silent" }),
-      policy: async () => pol,
-      caps: h.caps,
-      audit,
-    });
+    const { service, source: labSource } = labService(h, stateDir, pol, { audit });
+    for (const d of source.doms.values()) labSource.add(d.ref.name, d.ref.uuid, d.xml);
     for (const d of domains) await service.reapply(d.uuid);
     app = buildApi({ service, auth });
     await app.ready();

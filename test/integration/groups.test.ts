@@ -105,8 +105,8 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
         assert.equal(joined.failure, undefined);
         // The join touched only rob's class, leaf and filters (and rob's tap), nothing of cliff's: this is the
         // structural proof; the traffic below shows its effect.
-        const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0].group
-          ?.inbound?.minor;
+        const cliffMinor = loadRecords(h.runDir).find((r) => r.domainUuid === uuids.cliff)?.interfaces[0]
+          .group?.inbound?.minor;
         assert.ok(cliffMinor !== undefined);
         const cliffClass = `7651:${cliffMinor.toString(16)}`;
         const touched = JSON.stringify(joined.plan.ops);
@@ -130,9 +130,15 @@ describe("groups: seed 001 in namespaces", { skip: SKIP_NOT_ROOT }, () => {
         const windows = iv.slice(2).map((_, i) => (iv[i] + iv[i + 1] + iv[i + 2]) / 3);
         const series = iv.map((x) => (x / 1e6).toFixed(1)).join(" ");
         const worst = Math.min(...windows);
-        assert.ok(worst > 0.25 * 30e6, `${direction}: a 300 ms window dropped to ${mbit(worst)} (Mbit/s: ${series})`);
+        assert.ok(
+          worst > 0.25 * 30e6,
+          `${direction}: a 300 ms window dropped to ${mbit(worst)} (Mbit/s: ${series})`,
+        );
         const most = Math.max(...windows);
-        assert.ok(most < 1.5 * 30e6, `${direction}: a 300 ms window reached ${mbit(most)}: shaping gap (${series})`);
+        assert.ok(
+          most < 1.5 * 30e6,
+          `${direction}: a 300 ms window reached ${mbit(most)}: shaping gap (${series})`,
+        );
       }
     } finally {
       // The next test counts rob's members: put him back even when an assertion above failed.

@@ -4,14 +4,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { createLogger } from "../../src/adapters/log.js";
 import { loadRecords } from "../../src/adapters/state.js";
-import { LocalService } from "../../src/agent/service.js";
+import type { LocalService } from "../../src/agent/service.js";
 import type { Principal } from "../../src/agent/types.js";
 import { recordIfb } from "../../src/core/plan.js";
 import { runTransfers } from "../../src/lab/iperf.js";
+import type { MemorySource } from "../../src/lab/memory-source.js";
 import type { Lab } from "../../src/lab/topology.js";
-import { MemorySource } from "../../src/lab/memory-source.js";
+import { labService } from "../helpers/lab-service.js";
 import {
   closeLab,
   domainXml,
@@ -125,17 +125,9 @@ domains:
     before(async () => {
       ({ lab, h } = await openLab({ guests: [{ name: "gap1" }] }));
       stateDir = mkdtempSync(join(tmpdir(), "virtqos-gap-"));
-      const source = new MemorySource();
+      let source: MemorySource;
+      ({ service, source } = labService(h, stateDir, pol));
       source.add("gap1", uuid, domainXml("gap1", uuid, [{ guest: lab.guests[0], bridge: lab.bridge }]));
-      service = new LocalService({
-        source,
-        runner: h.runner,
-        runDir: h.runDir,
-        stateDir,
-        log: createLogger({ level: "info", target: "silent" }),
-        policy: async () => pol,
-        caps: h.caps,
-      });
       await service.reapply(uuid);
     });
     after(async () => {

@@ -4,15 +4,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { dropLiveSlots, readLiveFile } from "../../src/adapters/live-store.js";
-import { createLogger } from "../../src/adapters/log.js";
-import { LocalService } from "../../src/agent/service.js";
+import type { LocalService } from "../../src/agent/service.js";
 import type { AuditEntry, Principal } from "../../src/agent/types.js";
 import { reconcile } from "../../src/app/engine.js";
 import { parseDomainXml } from "../../src/core/domain-xml.js";
 import { run } from "../../src/lab/exec.js";
 import { runTransfers } from "../../src/lab/iperf.js";
+import type { MemorySource } from "../../src/lab/memory-source.js";
 import type { Lab } from "../../src/lab/topology.js";
-import { MemorySource } from "../../src/lab/memory-source.js";
+import { labService } from "../helpers/lab-service.js";
 import {
   closeLab,
   domainXml,
@@ -56,14 +56,19 @@ async function tcObjects(ns: string, dev: string): Promise<TcObj[]> {
   return out;
 }
 
-const shape = (objs: TcObj[]) => objs.map((o) => `${o.dev} ${o.kind} ${o.handle} ${o.parent ?? "root"}`).sort();
+const shape = (objs: TcObj[]) =>
+  objs.map((o) => `${o.dev} ${o.kind} ${o.handle} ${o.parent ?? "root"}`).sort();
 
 /**
  * What the shaper lets through: a UDP flood at 1.5x the limit (TCP over this kernel's FIFO leaf swings a few
  * per cent below the limit at 5 Mbit/s whether or not anything changed; the shaper is what is under test).
  * With no limit given, TCP: an unshaped direction is measured by how far above any limit it goes.
  */
-async function measure(lab: Lab, direction: "download" | "upload", limitBitsPerSec?: number): Promise<number> {
+async function measure(
+  lab: Lab,
+  direction: "download" | "upload",
+  limitBitsPerSec?: number,
+): Promise<number> {
   const [r] = await runTransfers(lab, [
     {
       guest: lab.guests[0],
@@ -104,18 +109,10 @@ domains:
     ({ lab, h } = await openLab({ guests: [{ name: "live1" }] }));
     stateDir = mkdtempSync(join(tmpdir(), "virtqos-live-"));
     xml = domainXml("live1", uuid, [{ guest: lab.guests[0], bridge: lab.bridge }]);
-    source = new MemorySource();
-    source.add("live1", uuid, xml);
-    service = new LocalService({
-      source,
-      runner: h.runner,
-      runDir: h.runDir,
-      stateDir,
-      log: createLogger({ level: "info", target: "silent" }),
-      policy: async () => pol,
-      caps: h.caps,
+    ({ service, source } = labService(h, stateDir, pol, {
       audit: { record: (e) => audit.push(e), query: () => audit },
-    });
+    }));
+    source.add("live1", uuid, xml);
     await service.reapply(uuid);
   });
   after(async () => {
@@ -156,7 +153,10 @@ domains:
         const n = now.find(
           (x) => x.dev === o.dev && x.kind === o.kind && x.handle === o.handle && x.parent === o.parent,
         );
-        assert.ok((n?.bytes ?? 0) >= (o.bytes ?? 0), `${o.dev} ${o.kind} ${o.handle}: counters reset (re-created)`);
+        assert.ok(
+          (n?.bytes ?? 0) >= (o.bytes ?? 0),
+          `${o.dev} ${o.kind} ${o.handle}: counters reset (re-created)`,
+        );
       }
       assert.deepEqual(await ifbOf(), [ifb], "the same IFB");
       assertRate(await measure(lab, "download", expected), expected, `download at ${mbit(expected)}`);

@@ -20,8 +20,8 @@ import { LocalService } from "../../src/agent/service.js";
 import type { Health } from "../../src/agent/types.js";
 import { collectStatus, type StatusRow } from "../../src/app/status.js";
 import { runTransfers } from "../../src/lab/iperf.js";
-import type { Lab } from "../../src/lab/topology.js";
 import { MemorySource } from "../../src/lab/memory-source.js";
+import type { Lab } from "../../src/lab/topology.js";
 import {
   applyXml,
   closeLab,

@@ -4,7 +4,6 @@ import { type TSchema, Type } from "@sinclair/typebox";
 import { TypeCompiler } from "@sinclair/typebox/compiler";
 import type { InjectOptions } from "fastify";
 import { inScope, roleAllows } from "../../src/agent/api/authz.js";
-import { FAKE_TOKENS, FAKE_UUIDS, FakeAgentService, fakeAuthenticator } from "../helpers/fake-agent.js";
 import {
   AuditResponse,
   DomainName,
@@ -22,6 +21,7 @@ import {
 import { buildApi } from "../../src/agent/api/server.js";
 import type { LiveChange, Principal } from "../../src/agent/types.js";
 import { ERRORS, isErrorCode, VirtqosError } from "../../src/core/errors.js";
+import { FAKE_TOKENS, FAKE_UUIDS, FakeAgentService, fakeAuthenticator } from "../helpers/fake-agent.js";
 
 // 10,000 generated requests, valid and mangled, against the API with the fake service. Whatever comes in:
 // no 500, no thrown error, an error body in the catalogue's shape with the code's status, and the service
