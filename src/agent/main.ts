@@ -9,6 +9,7 @@ import { QOS_XMLNS } from "../core/domain-xml.js";
 import { VirtqosError } from "../core/errors.js";
 import { TokenStore } from "./auth.js";
 import { openLocalService } from "./local.js";
+import { Repairer, startDriftWatch } from "./repair.js";
 import type { LocalService } from "./service.js";
 import type { Authenticator, Health } from "./types.js";
 
@@ -30,10 +31,23 @@ export interface AgentOptions {
   tlsKey?: string;
   libvirtUri: string;
   log: Logger;
+  /**
+   * The network namespace the drift watch follows (the namespace `runner` acts in, for tests); the host's
+   * when undefined.
+   */
+  netns?: string;
+  /** The drift repair's full check of every domain; default 30 s, 0: none (events only). */
+  checkIntervalMs?: number;
+  /** How long a tap must stay gone before its records and IFBs are pruned; default 5 min. */
+  pruneGraceMs?: number;
+  /** The OVSDB the drift watch follows: default the local socket if OVS is installed; false: none. */
+  ovsdb?: string | false;
 }
 
 export interface RunningAgent {
   service: LocalService;
+  /** The drift repairer (contested objects, repair reports). */
+  repairer: Repairer;
   /** Where the TCP listener listens (port 0 picks one), if any. */
   tcpAddress?: { host: string; port: number };
   close(): Promise<void>;
@@ -137,8 +151,34 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   });
   closers.unshift(() => watch.close());
 
+  // Drift repair: what removes or changes virtqos's kernel state is put back through the same queue.
+  const repairer = new Repairer({
+    service,
+    runner: o.runner,
+    runDir: o.runDir,
+    stateDir: o.stateDir,
+    policy: () => loadPolicyCached(o.policyFile, o.runDir),
+    log,
+    metrics,
+    pruneGraceMs: o.pruneGraceMs,
+  });
+  try {
+    const drift = startDriftWatch({
+      repairer,
+      log,
+      netns: o.netns,
+      ovsdb: o.ovsdb,
+      checkIntervalMs: o.checkIntervalMs,
+    });
+    closers.unshift(() => drift.close());
+  } catch (e) {
+    // The API and libvirt's events are worth running without drift repair.
+    log.error(`drift repair not started: ${(e as Error).message}`);
+  }
+
   return {
     service,
+    repairer,
     tcpAddress,
     async close() {
       for (const c of closers) {

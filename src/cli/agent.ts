@@ -53,6 +53,7 @@ export function addAgentCommands(program: Command): void {
         tlsKey: o.tlsKey,
         libvirtUri: libvirtUri(o.libvirtUri),
         log,
+        netns: g.netns,
       });
       const where = agent.tcpAddress ? ` and ${agent.tcpAddress.host}:${agent.tcpAddress.port}` : "";
       log.info(`virtqos agent listening on ${apiSocketPath(o.socket)}${where}`);

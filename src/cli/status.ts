@@ -1,8 +1,9 @@
 import type { Command } from "commander";
 import { loadPolicy } from "../adapters/policy-load.js";
+import { type PruneResult, pruneGone } from "../app/prune.js";
 import { collectStatus, statusTable } from "../app/status.js";
 import { EXIT } from "../core/errors.js";
-import { cliLogger, context, globals, out } from "./context.js";
+import { cliLogger, context, engineContext, globals, out } from "./context.js";
 
 // `virtqos status`: what the kernel really does, against what was asked for.
 
@@ -13,7 +14,11 @@ export function addStatusCommand(program: Command): void {
       "every shaped interface: guest, device, direction, configured vs kernel, bytes, drops, overlimits, match",
     )
     .option("--json", "machine-readable output")
-    .action(async (opts: { json?: boolean }) => {
+    .option(
+      "--prune",
+      "first forget interfaces whose tap is gone (a guest destroyed while no hook ran): records and IFBs",
+    )
+    .action(async (opts: { json?: boolean; prune?: boolean }) => {
       const g = globals(program, opts.json);
       const log = cliLogger(g);
       const ctx = context(g, log);
@@ -24,9 +29,16 @@ export function addStatusCommand(program: Command): void {
         policy = loadPolicy("/nonexistent");
       }
       const caps = await ctx.caps();
+      let pruned: PruneResult[] | undefined;
+      if (opts.prune) {
+        // Without a grace period: the operator asks now. The agent waits (its full check) before it prunes.
+        pruned = await pruneGone({ ...engineContext(ctx), caps }, policy);
+        if (!pruned.length) log.info("nothing to prune: every recorded tap exists");
+      }
       const rows = await collectStatus(ctx.runner, ctx.runDir, caps, policy);
-      out(g, { interfaces: rows }, statusTable(rows));
+      out(g, pruned ? { interfaces: rows, pruned } : { interfaces: rows }, statusTable(rows));
       await log.close();
-      process.exitCode = rows.every((r) => r.matches) ? EXIT.OK : EXIT.MISMATCH;
+      const pruneFailed = pruned?.some((p) => !p.ok) ?? false;
+      process.exitCode = rows.every((r) => r.matches) && !pruneFailed ? EXIT.OK : EXIT.MISMATCH;
     });
 }

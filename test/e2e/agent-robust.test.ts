@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -69,6 +69,30 @@ test(
     const dir = await mkdtemp(join(tmpdir(), `${P}-agent-`));
     const socketPath = join(dir, "api.sock");
     let agent: ChildProcess | undefined;
+    // SIGKILL leaves the agent's watchers (virsh event, tc/ip monitor, ovsdb-client) to init; under systemd
+    // the unit's control group takes them along, here the test does.
+    const killAgentHard = () => {
+      const pid = agent?.pid;
+      if (pid === undefined) return;
+      let children: number[] = [];
+      try {
+        children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+          .trim()
+          .split(/\s+/)
+          .filter(Boolean)
+          .map(Number);
+      } catch {
+        // Already gone.
+      }
+      agent?.kill("SIGKILL");
+      for (const c of children) {
+        try {
+          process.kill(c, "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }
+    };
     const startAgent = async () => {
       agent = spawn(process.execPath, [CLI, "agent", "--socket", socketPath], {
         env: { ...process.env, VIRTQOS_LOG: "stderr" },
@@ -89,7 +113,7 @@ test(
       );
     };
     t.after(async () => {
-      agent?.kill("SIGKILL");
+      killAgentHard();
       await destroy(NAME);
       await undefine(NAME);
       await rm(liveFilePath(undefined, uuid), { force: true });
@@ -146,7 +170,7 @@ test(
               inbound: { average: s.kBps },
               persist: "live",
             });
-            if (++answered === 4) agent?.kill("SIGKILL");
+            if (++answered === 4) killAgentHard();
           } catch (e) {
             s.error = (e as Error).message;
           }
