@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -276,19 +276,18 @@ describe("AuditStore on a real SQLite file", () => {
       chmodSync(dir, 0o755);
       const file = join(locked, "audit.db");
       if (process.getuid?.() === 0) {
-        // root writes anywhere: ask as nobody, in its own process.
-        const r = await runNode(
-          `import { AuditStore } from ${JSON.stringify(AUDIT_MODULE)};
-           try { AuditStore.open(process.argv[1]); console.log("opened"); }
-           catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`,
-          [file],
-          { uid: 65534, gid: 65534 },
-        );
-        assert.equal(r.status, 0, r.stderr);
-        const got = JSON.parse(r.stdout) as { code: string; message: string };
-        assert.equal(got.code, "AUDIT_FAILED");
-        assert.match(got.message, /audit\.db/);
-        assert.match(got.message, /EACCES|permission denied/i);
+        // root writes anywhere, whatever the mode: a read-only mount refuses root too. (A child running as
+        // nobody would need to read this checkout, which a clone in a 0700 temp directory does not allow.)
+        const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", locked]);
+        assert.equal(mounted.status, 0, `mount: ${mounted.stderr}`);
+        try {
+          assert.throws(
+            () => AuditStore.open(file),
+            (e: unknown) => auditFailed(e, /EROFS|read-only/i),
+          );
+        } finally {
+          spawnSync("umount", [locked]);
+        }
       } else {
         assert.throws(
           () => AuditStore.open(file),
