@@ -19,3 +19,19 @@ groups:
     outbound: { average: 30mbit }
     members: [{ domain: jason }]
 `;
+
+/** The README's host/web groups with one named member (beta), for tests that need a group member and others. */
+export const WEB_MEMBER_BETA = `
+groups:
+  - name: host
+    inbound: { average: 1000mbit }
+    outbound: { average: 1000mbit }
+  - name: web
+    parent: host
+    inbound: { average: 30mbit }
+    outbound: { average: 30mbit }
+    memberDefaults:
+      inbound: { floor: 15mbit }
+      outbound: { floor: 15mbit }
+    members: [{ domain: beta }]
+`;

@@ -7,6 +7,7 @@
  *   node --import tsx --test test/integration/metrics.test.ts
  * Needs promtool (Debian package `prometheus`), iperf3 and root for the lab.
  */
+
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -32,6 +33,7 @@ import {
   SKIP_NOT_ROOT,
   uuidFor,
 } from "../helpers/netns.js";
+import { WEB_MEMBER_BETA } from "../helpers/seed-policies.js";
 
 const DASHBOARD = fileURLToPath(new URL("../../docs/grafana/virtqos-dashboard.json", import.meta.url));
 const PROMTOOL = ["/usr/bin/promtool", "/usr/local/bin/promtool"].find((p) => existsSync(p));
@@ -106,20 +108,7 @@ function value(samples: Sample[], name: string, labels: Record<string, string> =
 const IFACE_KEYS = ["dev", "direction", "domain", "domain_uuid", "mac"];
 const LIMIT_KEYS = [...IFACE_KEYS, "group", "source"].sort();
 
-const POLICY = `
-groups:
-  - name: host
-    inbound: { average: 1000mbit }
-    outbound: { average: 1000mbit }
-  - name: web
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    memberDefaults:
-      inbound: { floor: 15mbit }
-      outbound: { floor: 15mbit }
-    members: [{ domain: beta }]
-`;
+const POLICY = WEB_MEMBER_BETA;
 
 describe(
   "metrics of a namespace lab (real tc, real promtool)",

@@ -6,6 +6,7 @@
  *   node --import tsx --test test/integration/top.test.ts
  * Needs root (the lab), iperf3 and tmux. Runs the CLI from source (tsx), no `npm run build` needed.
  */
+
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -30,6 +31,7 @@ import {
   SKIP_NOT_ROOT,
   uuidFor,
 } from "../helpers/netns.js";
+import { WEB_MEMBER_BETA } from "../helpers/seed-policies.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const TMUX = ["/usr/bin/tmux", "/usr/local/bin/tmux"].find((p) => existsSync(p));
@@ -73,20 +75,7 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
   });
 }
 
-const POLICY = `
-groups:
-  - name: host
-    inbound: { average: 1000mbit }
-    outbound: { average: 1000mbit }
-  - name: web
-    parent: host
-    inbound: { average: 30mbit }
-    outbound: { average: 30mbit }
-    memberDefaults:
-      inbound: { floor: 15mbit }
-      outbound: { floor: 15mbit }
-    members: [{ domain: beta }]
-`;
+const POLICY = WEB_MEMBER_BETA;
 
 describe("virtqos top on a namespace lab (real tc)", { skip: SKIP_NOT_ROOT }, () => {
   let lab: Lab;
