@@ -177,6 +177,14 @@ INIT
 fi
 
 # ---- the job: argv, cwd and environment, read by the guest from a writable 9p share ----
+# The guest mounts fresh tmpfs on /tmp, /run and /dev/shm over the host's root: a checkout under them is not
+# there to cd into. Say so here instead of the guest's bare `cd: No such file or directory`.
+case "$PWD/" in
+/tmp/* | /run/* | /dev/*)
+  echo "kernel-vm: the working directory $PWD is under /tmp, /run or /dev, which the VM mounts afresh; run from a checkout elsewhere (e.g. /var/tmp or /srv)" >&2
+  exit 2
+  ;;
+esac
 job=$(mktemp -d "${TMPDIR:-/tmp}/virtqos-kernel-vm.XXXXXX")
 share="$job/share" # what the guest sees at /run/virtqos-kernel-vm; the rest of $job is the host's
 cleanup() {
