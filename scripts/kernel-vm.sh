@@ -72,6 +72,14 @@ done
 (($#)) || die "no command given: scripts/kernel-vm.sh [options] -- COMMAND [ARG...]"
 [[ $(id -u) -eq 0 ]] || die "run as root (installs packages, caches the initramfs under $CACHE_ROOT)"
 
+# The guest mounts fresh tmpfs on /tmp, /run and /dev/shm over the host's root: a checkout under them is not
+# there to cd into. Say so here instead of the guest's bare `cd: No such file or directory`.
+case "$PWD/" in
+/tmp/* | /run/* | /dev/*)
+  echo "kernel-vm: the working directory $PWD is under /tmp, /run or /dev, which the VM mounts afresh; run from a checkout elsewhere (e.g. /var/tmp or /srv)" >&2
+  exit 2
+  ;;
+esac
 # ---- packages: Debian's stock kernel (to /boot and /lib/modules; the running kernel is untouched) ----
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 need=()
@@ -177,14 +185,6 @@ INIT
 fi
 
 # ---- the job: argv, cwd and environment, read by the guest from a writable 9p share ----
-# The guest mounts fresh tmpfs on /tmp, /run and /dev/shm over the host's root: a checkout under them is not
-# there to cd into. Say so here instead of the guest's bare `cd: No such file or directory`.
-case "$PWD/" in
-/tmp/* | /run/* | /dev/*)
-  echo "kernel-vm: the working directory $PWD is under /tmp, /run or /dev, which the VM mounts afresh; run from a checkout elsewhere (e.g. /var/tmp or /srv)" >&2
-  exit 2
-  ;;
-esac
 job=$(mktemp -d "${TMPDIR:-/tmp}/virtqos-kernel-vm.XXXXXX")
 share="$job/share" # what the guest sees at /run/virtqos-kernel-vm; the rest of $job is the host's
 cleanup() {
