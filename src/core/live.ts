@@ -8,7 +8,15 @@ import type {
   LiveLimit,
   MetadataInterface,
 } from "./model.js";
-import { libvirtBurstToBytes, libvirtRateToBitsPerSec, parseRate, parseSize, UnitError } from "./units.js";
+import {
+  LIBVIRT_BURST_UNIT_BYTES,
+  LIBVIRT_RATE_UNIT_BITS_PER_SEC,
+  libvirtBurstToBytes,
+  libvirtRateToBitsPerSec,
+  parseRate,
+  parseSize,
+  UnitError,
+} from "./units.js";
 
 // Live changes, pure: what a request's numbers mean, which interface it names, and how limits look in
 // libvirt's units and in virtqos's <metadata>. Numbers are libvirt's units (average, peak, floor in kB/s =
@@ -149,11 +157,11 @@ export function toLibvirtRate(
     | null,
 ): Required<LibvirtRate> {
   if (!l) return { average: 0, peak: 0, burst: 0, floor: 0 };
-  const kBps = (bits: number) => Math.round(bits / 8000);
+  const kBps = (bits: number) => Math.round(bits / LIBVIRT_RATE_UNIT_BITS_PER_SEC);
   return {
     average: kBps(l.rateBitsPerSec),
     peak: l.ceilBitsPerSec > l.rateBitsPerSec ? kBps(l.ceilBitsPerSec) : 0,
-    burst: l.burstBytes ? Math.round(l.burstBytes / 1024) : 0,
+    burst: l.burstBytes ? Math.round(l.burstBytes / LIBVIRT_BURST_UNIT_BYTES) : 0,
     floor: l.floorBitsPerSec ? kBps(l.floorBitsPerSec) : 0,
   };
 }

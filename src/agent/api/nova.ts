@@ -10,6 +10,7 @@ import {
   NovaServerParamsPart,
   type Part,
 } from "./schemas.js";
+import { LIVE_CHANGE_ERRORS } from "./v1.js";
 
 // The server action OpenStack's seed sends (`{"setInterface": {"interface": n, "rate": kB/s}}`), answered as
 // Nova would: 202 with the interface's parameters as libvirt reports them, faults in Nova's shape.
@@ -57,18 +58,6 @@ export function interfaceParameters(view: InterfaceView): Record<string, number>
   return out;
 }
 
-const NOVA_ERRORS = [
-  "DOMAIN_NOT_FOUND",
-  "INTERFACE_NOT_FOUND",
-  "DOMAIN_NOT_RUNNING",
-  "NOT_SHAPEABLE",
-  "GROUP_ADMISSION",
-  "LOCK_TIMEOUT",
-  "TC_BATCH_FAILED",
-  "AUDIT_FAILED",
-  "LIBVIRT_UNAVAILABLE",
-] as const;
-
 function novaRoute(url: string, operationId: string, params: Part<{ server_id: string }>): Route {
   return defineRoute({
     method: "POST",
@@ -90,7 +79,7 @@ function novaRoute(url: string, operationId: string, params: Part<{ server_id: s
       description: "Applied; the interface's parameters now in force.",
       schema: NovaAcceptedResponse,
     },
-    errors: [...NOVA_ERRORS],
+    errors: [...LIVE_CHANGE_ERRORS],
     shape: "nova",
     handle: async ({ service, principal, params, body }) => {
       // libvirt prints UUIDs in lower case; one form keeps scope checks and the audit log consistent.

@@ -19,7 +19,8 @@ import {
 // The agent's own REST routes. Each handler is the thin part: parsing, authentication and the error body
 // are the pipeline's (server.ts), so a handler only decides what to ask the service and what to answer.
 
-const LIVE_CHANGE_ERRORS = [
+/** What the service may answer a live change with (the document lists them; Nova's action shares them). */
+export const LIVE_CHANGE_ERRORS = [
   "DOMAIN_NOT_FOUND",
   "INTERFACE_NOT_FOUND",
   "DOMAIN_NOT_RUNNING",
