@@ -34,6 +34,19 @@ export interface EngineContext {
   stateDir?: string;
   /** Who asks, for the transaction journal and the state records' `appliedBy` (default: whoOf). */
   who?: Actor;
+  /**
+   * Reads what a scoped reconcile needs without listing the whole host (the agent's kernel sessions and
+   * qdisc cache: src/agent/kernel-view.ts). Undefined from it: observe() reads as usual.
+   */
+  observer?: ScopedObserver;
+}
+
+export interface ScopedObserver {
+  observeScoped(req: {
+    desired: DesiredInterface[];
+    scopeUuids: readonly string[];
+    runDir: string;
+  }): Promise<Observed | undefined>;
 }
 
 /** Who asks: the context's `who`, else this process's user through the CLI's door. */
@@ -167,6 +180,10 @@ export async function snapshot(
   everything: boolean,
   scopeUuids?: readonly string[],
 ): Promise<Observed> {
+  if (ctx.observer && !everything && scopeUuids && !ctx.held) {
+    const fast = await ctx.observer.observeScoped({ desired, scopeUuids, runDir: ctx.runDir });
+    if (fast) return fast;
+  }
   return observe(ctx.runner, {
     devs: desired.flatMap((d) => (d.dev ? [d.dev] : [])),
     records: loadRecords(ctx.runDir),
