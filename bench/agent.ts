@@ -11,6 +11,8 @@ import { createLogger } from "../src/adapters/log.js";
 import { probeCapabilities } from "../src/adapters/probe.js";
 import { listenUnix, socketAuthenticator } from "../src/agent/api/listen.js";
 import { buildApi } from "../src/agent/api/server.js";
+import { KernelView } from "../src/agent/kernel-view.js";
+import { Repairer, startDriftWatch } from "../src/agent/repair.js";
 import { LocalService } from "../src/agent/service.js";
 import { reconcile } from "../src/app/engine.js";
 import { parseDomainXml } from "../src/core/domain-xml.js";
@@ -99,6 +101,9 @@ export async function agent(opts: BenchOptions): Promise<BenchResult[]> {
     const source = new MemorySource();
     for (const [d, x] of xmls.entries()) source.add(domains[d].name, domains[d].uuid, x);
     const audit = AuditStore.open(join(state.dir, "audit.db"));
+    // As the agent runs (src/agent/main.ts): the kernel view for live changes, kept honest by the drift
+    // watch, whose repairer checks every domain an event names (our own changes included).
+    const view = new KernelView({ runner, netns: ns });
     const service = new LocalService({
       source,
       runner,
@@ -108,7 +113,29 @@ export async function agent(opts: BenchOptions): Promise<BenchResult[]> {
       policy: async () => policy,
       caps,
       audit,
+      kernelView: view,
     });
+    const repairer = new Repairer({
+      service,
+      runner,
+      runDir: run.dir,
+      stateDir: state.dir,
+      policy: async () => policy,
+      caps,
+      log,
+      observer: view,
+    });
+    const drift = startDriftWatch({
+      repairer,
+      log,
+      netns: ns,
+      ovsdb: false,
+      checkIntervalMs: 0,
+      kernelListener: view,
+    });
+    await drift.kernel.ready;
+    view.enableCache();
+    await drift.ready;
     const app = buildApi({ service, auth: socketAuthenticator() });
     const socketPath = join(run.dir, "api.sock");
     await listenUnix(app, socketPath);
@@ -130,6 +157,12 @@ export async function agent(opts: BenchOptions): Promise<BenchResult[]> {
       lat.push(nowMs() - t0);
       if (r.status !== 200) throw new Error(`PATCH ${d.name} ${iface}: ${r.status} ${r.text}`);
     }
+    opts.log(
+      `  ${n} live changes: p50 ${percentile(lat, 50).toFixed(1)} ms, p99 ${percentile(lat, 99).toFixed(1)} ms; view ${JSON.stringify(view.stats)}; drift ${JSON.stringify(repairer.stats)}`,
+    );
+    // The drift checks our own changes started are done before the next part measures.
+    await repairer.idle();
+    await service.queue.idle();
     // (b) the same change as a process of its own each time (a CLI without an agent): node starts, loads the
     // engine, reads the live store and the records, changes the kernel, exits. Run from the same code.
     const cliN = opts.quick ? 10 : 30;
@@ -193,6 +226,8 @@ export async function agent(opts: BenchOptions): Promise<BenchResult[]> {
     );
     keepAlive.destroy();
     await app.close();
+    await drift.close();
+    view.close();
     audit.close();
 
     const p50 = percentile(lat, 50);
@@ -218,6 +253,9 @@ export async function agent(opts: BenchOptions): Promise<BenchResult[]> {
         {
           changes: n,
           maxMs: round(Math.max(...lat), 1),
+          view: { ...view.stats },
+          driftChecks: repairer.stats.checks,
+          driftRepairs: repairer.stats.repairs,
         },
       ),
       info(

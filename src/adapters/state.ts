@@ -44,6 +44,16 @@ export function loadRecords(runDir: string): StoredRecord[] {
   return out;
 }
 
+/** The records of these domains only (a scoped reconcile of one domain need not read 250 files). */
+export function loadRecordsOf(runDir: string, uuids: Iterable<string>): StoredRecord[] {
+  const out: StoredRecord[] = [];
+  for (const u of new Set(uuids)) {
+    const r = readRecordFile(join(runDir, "domains", `${safe(u)}.json`));
+    if (r && r.domainUuid === u) out.push(r);
+  }
+  return out;
+}
+
 /** One record file: undefined when it is missing, torn or not a record; version 1 is converted. */
 export function readRecordFile(file: string): StoredRecord | undefined {
   let raw: unknown;

@@ -22,6 +22,7 @@ export interface LocalOptions {
   audit?: boolean;
   libvirtState?: () => Health["libvirt"];
   metrics?: MetricsSink;
+  kernelView?: ServiceDeps["kernelView"];
 }
 
 export async function openLocalService(o: LocalOptions): Promise<{ service: LocalService; close(): void }> {
@@ -47,6 +48,7 @@ export async function openLocalService(o: LocalOptions): Promise<{ service: Loca
     libvirtUri: virsh?.uri ?? o.libvirtUri,
     libvirtState: o.libvirtState,
     metrics: o.metrics,
+    kernelView: o.kernelView,
   });
   return { service, close };
 }

@@ -8,7 +8,7 @@ import {
 } from "../adapters/live-store.js";
 import type { Logger } from "../adapters/log.js";
 import { cachedCapabilities } from "../adapters/probe.js";
-import { loadRecords } from "../adapters/state.js";
+import { loadRecords, loadRecordsOf } from "../adapters/state.js";
 import { readOpenTx } from "../adapters/tx-journal.js";
 import { type EngineContext, type ReconcileResult, reconcile } from "../app/engine.js";
 import { collectStatus } from "../app/status.js";
@@ -27,6 +27,7 @@ import type {
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { resolveDomain } from "../core/resolve.js";
+import type { KernelView } from "./kernel-view.js";
 import { WorkQueue } from "./queue.js";
 import type {
   AgentService,
@@ -88,6 +89,11 @@ export interface ServiceDeps {
   libvirtState?: () => Health["libvirt"];
   /** The agent's metrics (src/agent/metrics.ts): told about every change and reconcile. */
   metrics?: MetricsSink;
+  /**
+   * Long-lived tc/ip processes and a qdisc cache the kernel watch keeps honest (src/agent/kernel-view.ts):
+   * live changes read and change one domain's devices through them instead of listing the host.
+   */
+  kernelView?: KernelView;
 }
 
 /** What the service tells the metrics (src/agent/metrics.ts's Metrics). */
@@ -142,6 +148,25 @@ export class LocalService implements AgentService {
     } finally {
       if (!req.dryRun) this.deps.metrics?.observeReconcile((performance.now() - t0) / 1000);
     }
+  }
+
+  /**
+   * A live change's reconcile: through the kernel view when the agent has one. A plan made on what the view
+   * read can be a few ms behind the kernel; when the kernel refuses it (and the engine rolled it back), the
+   * change is made again on a full read.
+   */
+  private async applyLive(
+    ctx: EngineContext,
+    req: Parameters<typeof reconcile>[1],
+  ): Promise<ReconcileResult> {
+    const view = this.deps.kernelView;
+    if (!view) return this.timed(ctx, req);
+    const fast = await this.timed({ ...ctx, observer: view, runner: view.runner(ctx.runner) }, req);
+    if (!fast.failure) return fast;
+    this.deps.log.debug(
+      `live change on the kernel view failed (${fast.failure.message}); again on a full read`,
+    );
+    return this.timed(ctx, req);
   }
 
   private engine(door: string, who: string): EngineContext {
@@ -207,7 +232,7 @@ export class LocalService implements AgentService {
       this.deps.log.warning((e as Error).message);
     }
     const inForce = liveLimitsOf(live);
-    const record = loadRecords(this.deps.runDir).find((r) => r.domainUuid === ref.uuid);
+    const [record] = loadRecordsOf(this.deps.runDir, [ref.uuid]);
     const matches = new Map<string, boolean>();
     if (status && record && ref.state === "running") {
       try {
@@ -412,7 +437,7 @@ export class LocalService implements AgentService {
       let result: ReconcileResult | undefined;
       if (running) {
         try {
-          result = await this.timed(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
+          result = await this.applyLive(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
         } catch (e) {
           await this.undo(ref, old, metadataBefore, writesMetadata, running);
           throw e;
