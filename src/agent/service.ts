@@ -151,11 +151,11 @@ export class LocalService implements AgentService {
   }
 
   /**
-   * A live change's reconcile: through the kernel view when the agent has one. A plan made on what the view
+   * A live change's or a re-apply's reconcile: through the kernel view when the agent has one. A plan made on what the view
    * read can be a few ms behind the kernel; when the kernel refuses it (and the engine rolled it back), the
    * change is made again on a full read.
    */
-  private async applyLive(
+  private async applyScoped(
     ctx: EngineContext,
     req: Parameters<typeof reconcile>[1],
   ): Promise<ReconcileResult> {
@@ -164,7 +164,7 @@ export class LocalService implements AgentService {
     const fast = await this.timed({ ...ctx, observer: view, runner: view.runner(ctx.runner) }, req);
     if (!fast.failure) return fast;
     this.deps.log.debug(
-      `live change on the kernel view failed (${fast.failure.message}); again on a full read`,
+      `change through the kernel view failed (${fast.failure.message}); again on a full read`,
     );
     return this.timed(ctx, req);
   }
@@ -437,7 +437,7 @@ export class LocalService implements AgentService {
       let result: ReconcileResult | undefined;
       if (running) {
         try {
-          result = await this.applyLive(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
+          result = await this.applyScoped(ctx, { domains: [withLive], policy, scope: [ref.uuid] });
         } catch (e) {
           await this.undo(ref, old, metadataBefore, writesMetadata, running);
           throw e;
@@ -544,7 +544,8 @@ export class LocalService implements AgentService {
       const uuid = info?.uuid ?? record?.domainUuid ?? domain;
       const policy = await this.deps.policy();
       const ctx = this.engine(door, "agent");
-      const r = await this.timed(ctx, {
+      // A drift repair or an event's re-apply: the watch's event dropped the cached qdiscs of what changed.
+      const r = await this.applyScoped(ctx, {
         domains: running && info ? [info] : [],
         policy,
         scope: [uuid],
