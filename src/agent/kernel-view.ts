@@ -32,6 +32,9 @@ type QdiscEntry = { qdiscs: ObservedQdisc[] };
 
 const DEV_NAME = /^[A-Za-z0-9_.:@+-]{1,15}$/;
 
+/** How long after a change through the view the monitors may still report it. */
+const OWN_ECHO_MS = 300;
+
 /** Up to this many devices missing from the cache are read one by one; more take one full dump. */
 const PER_DEVICE_READS = 4;
 
@@ -53,6 +56,8 @@ export class KernelView implements ScopedObserver {
   /** Bumped on a resync (events lost): every read started before is stale. */
   private generation = 0;
   private caching = false;
+  /** Devices changed through runner(), and until when (epoch ms) their events are that change's echo. */
+  private readonly own = new Map<string, number>();
   /** What observeScoped() did, for tests and the benchmark. */
   readonly stats = { scoped: 0, fallbacks: 0, qdiscHits: 0, qdiscReads: 0, dumps: 0 };
 
@@ -71,9 +76,15 @@ export class KernelView implements ScopedObserver {
     this.caching = true;
   }
 
-  onKernelEvent(e: KernelEvent): void {
+  /**
+   * Told of every kernel event. Returns false for the echo of a change made through this view's runner (a
+   * class or qdisc changed on a device it changed within OWN_ECHO_MS): the drift repairer need not check what
+   * the agent itself just did. A deletion is never taken for an echo.
+   */
+  onKernelEvent(e: KernelEvent): boolean {
+    const echo = !e.kind.endsWith("-deleted") && !e.kind.startsWith("link-") && this.ownChange(e.dev, e.at);
     // Classes and filters are read anew every time: only a qdisc or a link makes a cached entry stale.
-    if (!e.kind.startsWith("qdisc-") && !e.kind.startsWith("link-")) return;
+    if (!e.kind.startsWith("qdisc-") && !e.kind.startsWith("link-")) return !echo;
     this.events++;
     this.lastEvent.set(e.dev, this.events);
     this.qdiscs.delete(e.dev);
@@ -81,6 +92,23 @@ export class KernelView implements ScopedObserver {
     if (e.kind === "link-deleted" || e.kind === "link-added") {
       this.detail.restart();
       this.plain.restart();
+    }
+    return !echo;
+  }
+
+  /** Whether `dev` was changed through this view's runner within OWN_ECHO_MS before `at` (epoch ms). */
+  private ownChange(dev: string, at: number): boolean {
+    const until = this.own.get(dev);
+    return until !== undefined && at <= until;
+  }
+
+  /** The devices a batch of tc lines changes ("... dev X ..."), and until when their echo may arrive. */
+  private noteOwn(lines: readonly string[], sentAt: number): void {
+    const now = Date.now();
+    for (const [dev, until] of this.own) if (until < now) this.own.delete(dev);
+    for (const l of lines) {
+      const dev = / dev (\S+)/.exec(l)?.[1];
+      if (dev) this.own.set(dev, sentAt + OWN_ECHO_MS);
     }
   }
 
@@ -110,9 +138,19 @@ export class KernelView implements ScopedObserver {
   runner(inner: Runner): Runner {
     const plainBatch = (args: string[]) => args.length === 2 && args[0] === "-batch" && args[1] === "-";
     const lines = (text: string) => text.split("\n").filter((l) => l.length > 0);
+    const viaPlain = async (ls: string[]) => {
+      // The echo can be read from the monitors before the batch's own answer: marked while it runs (bounded
+      // by the session's timeout), then stamped once it returned.
+      this.noteOwn(ls, Date.now() + 5000);
+      try {
+        return await this.plain.run(ls);
+      } finally {
+        this.noteOwn(ls, Date.now());
+      }
+    };
     return {
       run: (cmd, args, input) =>
-        cmd === "tc" && plainBatch(args) ? this.plain.run(lines(input ?? "")) : inner.run(cmd, args, input),
+        cmd === "tc" && plainBatch(args) ? viaPlain(lines(input ?? "")) : inner.run(cmd, args, input),
       // The engine stages its tc lines behind `ip` (IFBs being created); in the open tc they simply wait.
       runStaged: (cmd, args, head, tail) => {
         if (cmd !== "tc" || !plainBatch(args)) {
@@ -123,8 +161,8 @@ export class KernelView implements ScopedObserver {
           );
         }
         return tail.then(
-          (rest) => this.plain.run(lines(head + rest)),
-          () => this.plain.run(lines(head)),
+          (rest) => viaPlain(lines(head + rest)),
+          () => viaPlain(lines(head)),
         );
       },
     };

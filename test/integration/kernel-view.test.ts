@@ -152,6 +152,24 @@ domains:
     assert.ok(view.stats.qdiscHits > stats.qdiscHits, "qdiscs came from the cache");
   });
 
+  test("the echo of its own change is not handed to the drift repairer; a deletion always is", async () => {
+    const tap = lab.guests[0].tap;
+    await service.setInterface("kv1", "1", { inbound: { average: 2500 }, persist: "live" }, OP);
+    const ev = (kind: "class-changed" | "qdisc-changed" | "qdisc-deleted", dev = tap) => ({
+      at: Date.now(),
+      kind,
+      dev,
+      detail: "",
+    });
+    assert.equal(view.onKernelEvent(ev("class-changed")), false, "its own class change");
+    assert.equal(view.onKernelEvent(ev("qdisc-changed")), false, "its own leaf replace");
+    assert.equal(view.onKernelEvent(ev("qdisc-deleted")), true, "a deletion is never an echo");
+    assert.equal(view.onKernelEvent(ev("class-changed", lab.guests[1].tap)), true, "another device");
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(view.onKernelEvent(ev("class-changed")), true, "after the echo window");
+    await service.reapply(uuids[0]);
+  });
+
   test("a stale cache entry: the kernel refuses the plan, the change is made again on a full read", async () => {
     const tap = lab.guests[1].tap;
     // A view nobody tells about kernel changes, so its cache goes stale: the root is deleted behind its back.
