@@ -52,6 +52,14 @@ export function hookNetns(explicit?: string): string | undefined {
   return explicit ?? process.env.VIRTQOS_NETNS;
 }
 
+/**
+ * The OVSDB `ovs-vsctl` talks to for `ovs: native` (its `--db`): $VIRTQOS_OVSDB (e.g. unix:/run/x/db.sock),
+ * else undefined: ovs-vsctl's own default (unix:/var/run/openvswitch/db.sock).
+ */
+export function ovsdbRemote(): string | undefined {
+  return process.env.VIRTQOS_OVSDB || undefined;
+}
+
 /** $VIRTQOS_BOOT_ID if set (tests simulate a reboot with it), else undefined: the kernel's boot id counts. */
 export function bootIdOverride(): string | undefined {
   return process.env.VIRTQOS_BOOT_ID || undefined;

@@ -21,7 +21,7 @@ export function policyAsksStrict(file: string): boolean {
  * a reboot finds the old build's cache in /run, and a hook reading a policy without the fields it expects
  * (a group's resolved limits) would fail on every guest start.
  */
-const CACHE_FORMAT = 2;
+const CACHE_FORMAT = 3;
 
 interface CacheEntry {
   format: number;

@@ -5,10 +5,14 @@
 // watches only say where to look, and virtqos's own repairs cause them too). The rules:
 // - A drifted object is repaired at once.
 // - An object that comes back wrong after a repair is a relapse. Two relapses within 60 s make it
-//   "contested": someone else keeps changing it (an OVS that resets the port's QoS, a script, another
-//   manager). Contested objects are reported (status, metrics) and their repairs back off exponentially
-//   (1 s, 2 s, 4 s, ... 60 s between repairs) instead of looping with the other party.
-// - An object leaves the contested state after 5 min without drift.
+//   "contested": someone else keeps changing it (a script, another manager). Contested objects are reported
+//   (status, metrics) and their repairs back off exponentially (1 s, 2 s, 4 s, ... 60 s between repairs)
+//   instead of looping with the other party.
+// - A drift with a known, legitimate cause is "explained" and is no relapse: Open vSwitch reconfiguring the
+//   port (another port added, ovs-vswitchd restarted, the port's own OVSDB rows changed) re-creates the
+//   port's qdiscs every time, several times per reconfiguration. It is repaired like any drift (once OVS has
+//   settled: OvsSettler below) but never makes an object contested.
+// - An object leaves the contested state after 5 min without an unexplained drift.
 // - A repair that failed is retried with the same back-off, contested or not.
 
 export interface DriftPolicyOptions {
@@ -24,6 +28,15 @@ export interface DriftPolicyOptions {
   calmMs?: number;
   /** Reasons kept per object for the report. */
   maxReasons?: number;
+}
+
+export interface DriftFinding {
+  /**
+   * The drift has a known cause that is not another party fighting virtqos (Open vSwitch reconfiguring the
+   * port): repaired like any drift, but not a relapse. It neither counts toward "contested" nor keeps a
+   * contested object contested; a contested object's repairs still keep their back-off.
+   */
+  explained?: boolean;
 }
 
 export type DriftDecision =
@@ -42,8 +55,9 @@ export interface ContestedObject {
   key: string;
   /** When it became contested. */
   since: number;
+  /** The last unexplained drift (the contest ends calmMs after it). */
   lastDriftAt: number;
-  /** Drifts seen since it became contested (one per time it was found wrong after a repair). */
+  /** Unexplained drifts seen since it became contested (one per time it was found wrong after a repair). */
   drifts: number;
   /** The back-off the next repair waits for. */
   backoffMs: number;
@@ -55,7 +69,10 @@ export interface ContestedObject {
 
 interface Entry {
   key: string;
+  /** The last drift, explained or not (an entry idle long enough is dropped). */
   lastDriftAt: number;
+  /** The last unexplained drift: what keeps a contested object contested. */
+  lastCountedAt: number;
   lastRepairAt?: number;
   /** Found wrong and not repaired since: more findings are the same drift, not new relapses. */
   awaiting: boolean;
@@ -92,14 +109,16 @@ export class DriftPolicy {
   }
 
   /** A check found `key` wrong: repair now, or later (and when). */
-  drift(key: string, reason: string): DriftDecision {
+  drift(key: string, reason: string, finding: DriftFinding = {}): DriftDecision {
     const now = this.now();
+    const explained = finding.explained === true;
     let e = this.entries.get(key);
     if (e) this.settle(e, now);
     else {
       e = {
         key,
         lastDriftAt: now,
+        lastCountedAt: now,
         awaiting: false,
         relapses: [],
         contestedDrifts: 0,
@@ -110,6 +129,7 @@ export class DriftPolicy {
       this.entries.set(key, e);
     }
     e.lastDriftAt = now;
+    if (!explained) e.lastCountedAt = now;
     if (e.reasons[e.reasons.length - 1] !== reason) {
       e.reasons.push(reason);
       if (e.reasons.length > this.maxReasons) e.reasons.shift();
@@ -117,6 +137,8 @@ export class DriftPolicy {
     let newlyContested = false;
     if (!e.awaiting) {
       e.awaiting = true;
+      // An explained drift is the same object found wrong again, but not a relapse: nobody fights virtqos.
+      if (explained) return this.decide(e, now, false);
       if (e.lastRepairAt !== undefined) {
         e.relapses = e.relapses.filter((t) => now - t < this.window);
         e.relapses.push(now);
@@ -192,7 +214,7 @@ export class DriftPolicy {
       out.push({
         key: e.key,
         since: e.contestedSince,
-        lastDriftAt: e.lastDriftAt,
+        lastDriftAt: e.lastCountedAt,
         drifts: e.contestedDrifts,
         backoffMs: e.backoffMs,
         ...(e.dueAt !== undefined ? { nextRepairAt: e.dueAt } : {}),
@@ -238,7 +260,7 @@ export class DriftPolicy {
 
   /** Lazily applies the passing of time: calm objects leave the contested state, idle ones are dropped. */
   private settle(e: Entry, now: number): void {
-    if (e.contestedSince !== undefined && now - e.lastDriftAt >= this.calm) {
+    if (e.contestedSince !== undefined && now - e.lastCountedAt >= this.calm) {
       e.contestedSince = undefined;
       e.contestedDrifts = 0;
       e.backoffMs = 0;
@@ -343,5 +365,227 @@ export class Coalescer<T> {
 
   pending(): string[] {
     return [...this.batches.keys()];
+  }
+}
+
+// ------------------------------------------------------------------------------------------ Open vSwitch
+
+export interface OvsSettleOptions<C> {
+  /**
+   * A held port is handed over once neither OVSDB (any event) nor the kernel (a change on that port) has
+   * changed for this long; default 300 ms.
+   */
+  settleMs?: number;
+  /** ... or this long after the first change held, however busy OVS keeps the port; default 2 s. */
+  capMs?: number;
+  /** How long an OVS event explains the changes on the ports it concerns; default 5 s. */
+  hintMs?: number;
+  /**
+   * A change on an OVS port that no OVS event explains yet is held at least this long: ovs-vswitchd changes
+   * the kernel first and OVSDB shows why 100-200 ms later (another port's row); default 500 ms.
+   */
+  leadMs?: number;
+  /** Orders causes when several OVS events explain a change: lower first. Default: the latest event. */
+  rank?: (cause: C) => number;
+  timers?: Timers;
+}
+
+/** An OVS event that explains kernel changes: on one port, or (no port) on every OVS port. */
+export interface OvsHint<C> {
+  cause: C;
+  at: number;
+  port?: string;
+}
+
+/** A port handed over by the settler, with everything held for it. */
+export interface Settled<C, T> {
+  port: string;
+  items: T[];
+  /** The first change held (the injected clock's ms). */
+  since: number;
+  /** The OVS event that explains the changes, if one does (within hintMs before `since`, or since then). */
+  explained?: OvsHint<C>;
+  /** Handed over at the cap while OVS still changed the port. */
+  capped: boolean;
+}
+
+interface Hold<T> {
+  since: number;
+  items: T[];
+  due: number;
+  timer?: unknown;
+}
+
+/**
+ * Waits out Open vSwitch's reconfigurations, per port. One port added makes ovs-vswitchd reconfigure every
+ * port, several times within a second or two (each time re-creating a policed port's `ingress` qdisc, which
+ * drops what virtqos had put on it); an ovs-vswitchd restart does the same. A repair between two of those
+ * passes is undone by the next. So a change on an OVS port is held until the port has settled: neither OVSDB
+ * nor the kernel (changes on that port) changed for settleMs, and at least leadMs after the change when no
+ * OVS event explains it yet (the kernel change often comes before the OVSDB row that says why); capped at
+ * capMs after the first change held. Pure: the clock and the timers are injected.
+ *
+ * It also remembers the OVS events (hints) that explain the changes: a change on a port that an OVS event
+ * about that port or about every port (a port added, a restart) explains is OVS's, not a fight
+ * (DriftFinding.explained).
+ */
+export class OvsSettler<C, T> {
+  private readonly holds = new Map<string, Hold<T>>();
+  private readonly hints: OvsHint<C>[] = [];
+  private readonly lastKernel = new Map<string, number>();
+  private lastOvsdb = Number.NEGATIVE_INFINITY;
+  private readonly settleMs: number;
+  private readonly capMs: number;
+  private readonly hintMs: number;
+  private readonly leadMs: number;
+  private readonly timers: Timers;
+
+  constructor(
+    private readonly onSettled: (s: Settled<C, T>) => void,
+    private readonly o: OvsSettleOptions<C> = {},
+  ) {
+    this.settleMs = o.settleMs ?? 300;
+    this.capMs = o.capMs ?? 2_000;
+    this.hintMs = o.hintMs ?? 5_000;
+    this.leadMs = o.leadMs ?? 500;
+    this.timers = o.timers ?? realTimers;
+  }
+
+  /**
+   * OVSDB reported something (OVSDB is not quiet). With a cause it also explains changes: on `port`, or on
+   * every OVS port when `port` is undefined.
+   */
+  ovsEvent(cause?: C, port?: string): void {
+    const now = this.timers.now();
+    this.lastOvsdb = now;
+    if (cause !== undefined) {
+      this.hints.push(port === undefined ? { cause, at: now } : { cause, at: now, port });
+      this.prune(now);
+    }
+    for (const p of [...this.holds.keys()]) this.schedule(p);
+  }
+
+  /** The kernel changed something on OVS port `port` (not virtqos's own repair): it has not settled. */
+  kernelChange(port: string): void {
+    this.lastKernel.set(port, this.timers.now());
+    if (this.holds.has(port)) this.schedule(port);
+  }
+
+  /** Hold `item` about `port` (first seen at `since`, default now) until the port has settled. */
+  hold(port: string, item: T, since = this.timers.now()): void {
+    let h = this.holds.get(port);
+    if (!h) {
+      h = { since, items: [], due: Number.NEGATIVE_INFINITY };
+      this.holds.set(port, h);
+    } else h.since = Math.min(h.since, since);
+    h.items.push(item);
+    this.schedule(port);
+  }
+
+  /** Whether a change on `port` first seen at `since` would be held now (the port has not settled). */
+  wouldHold(port: string, since: number): boolean {
+    if (this.holds.has(port)) return true;
+    return this.dueOf(port, since, this.timers.now()) > this.timers.now();
+  }
+
+  holding(port: string): boolean {
+    return this.holds.has(port);
+  }
+
+  /** Ports held now. */
+  pending(): string[] {
+    return [...this.holds.keys()];
+  }
+
+  /**
+   * The OVS event that explains a change on `port` first seen at `since`: one within hintMs before it, or
+   * one since then up to `until` (default now). The best by rank, else the latest.
+   */
+  explain(port: string, since: number, until = this.timers.now()): OvsHint<C> | undefined {
+    let best: OvsHint<C> | undefined;
+    for (const h of this.hints) {
+      if (h.port !== undefined && h.port !== port) continue;
+      if (h.at < since - this.hintMs || h.at > until) continue;
+      if (!best || this.better(h, best)) best = h;
+    }
+    return best;
+  }
+
+  /** Hand over every held port now. */
+  flushAll(): void {
+    for (const p of [...this.holds.keys()]) this.release(p);
+  }
+
+  /** Drop everything held, without handing it over (shutting down). */
+  clear(): void {
+    for (const h of this.holds.values()) if (h.timer !== undefined) this.timers.clearTimeout(h.timer);
+    this.holds.clear();
+  }
+
+  private better(a: OvsHint<C>, b: OvsHint<C>): boolean {
+    const rank = this.o.rank;
+    if (rank) {
+      const ra = rank(a.cause);
+      const rb = rank(b.cause);
+      if (ra !== rb) return ra < rb;
+    }
+    return a.at > b.at;
+  }
+
+  /** When a hold of `port` since `since` is due. */
+  private dueOf(port: string, since: number, now: number): number {
+    const quiet =
+      Math.max(this.lastKernel.get(port) ?? Number.NEGATIVE_INFINITY, this.lastOvsdb) + this.settleMs;
+    const lead = this.explain(port, since, now) ? Number.NEGATIVE_INFINITY : since + this.leadMs;
+    return Math.min(Math.max(quiet, lead), since + this.capMs);
+  }
+
+  private schedule(port: string): void {
+    const h = this.holds.get(port);
+    if (!h) return;
+    const now = this.timers.now();
+    const due = this.dueOf(port, h.since, now);
+    if (due <= now) {
+      this.release(port);
+      return;
+    }
+    if (h.timer !== undefined && h.due === due) return;
+    if (h.timer !== undefined) this.timers.clearTimeout(h.timer);
+    h.due = due;
+    h.timer = this.timers.setTimeout(() => {
+      h.timer = undefined;
+      this.schedule(port);
+    }, due - now);
+  }
+
+  private release(port: string): void {
+    const h = this.holds.get(port);
+    if (!h) return;
+    this.holds.delete(port);
+    if (h.timer !== undefined) this.timers.clearTimeout(h.timer);
+    const now = this.timers.now();
+    const quiet =
+      Math.max(this.lastKernel.get(port) ?? Number.NEGATIVE_INFINITY, this.lastOvsdb) + this.settleMs;
+    const explained = this.explain(port, h.since, now);
+    this.prune(now);
+    this.onSettled({
+      port,
+      items: h.items,
+      since: h.since,
+      ...(explained ? { explained } : {}),
+      capped: quiet > now,
+    });
+  }
+
+  /** Forgets hints no change can still be explained by, and kernel changes long settled. */
+  private prune(now: number): void {
+    const keep = this.hintMs + this.capMs + this.leadMs;
+    let drop = 0;
+    while (drop < this.hints.length && now - (this.hints[drop] as OvsHint<C>).at > keep) drop++;
+    if (drop) this.hints.splice(0, drop);
+    if (this.lastKernel.size > 64) {
+      for (const [p, t] of this.lastKernel)
+        if (now - t > this.settleMs && !this.holds.has(p)) this.lastKernel.delete(p);
+    }
   }
 }

@@ -23,6 +23,7 @@ export interface LocalOptions {
   libvirtState?: () => Health["libvirt"];
   metrics?: MetricsSink;
   kernelView?: ServiceDeps["kernelView"];
+  contested?: ServiceDeps["contested"];
 }
 
 export async function openLocalService(o: LocalOptions): Promise<{ service: LocalService; close(): void }> {
@@ -49,6 +50,7 @@ export async function openLocalService(o: LocalOptions): Promise<{ service: Loca
     libvirtState: o.libvirtState,
     metrics: o.metrics,
     kernelView: o.kernelView,
+    contested: o.contested,
   });
   return { service, close };
 }

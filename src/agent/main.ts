@@ -4,10 +4,11 @@ import { dropLiveSlots } from "../adapters/live-store.js";
 import type { Logger } from "../adapters/log.js";
 import { loadPolicyCached } from "../adapters/policy-file.js";
 import { cachedCapabilities } from "../adapters/probe.js";
-import { collectStatus } from "../app/status.js";
+import { collectStatus, readContested } from "../app/status.js";
 import { QOS_XMLNS } from "../core/domain-xml.js";
 import { VirtqosError } from "../core/errors.js";
 import { TokenStore } from "./auth.js";
+import { KernelView } from "./kernel-view.js";
 import { openLocalService } from "./local.js";
 import { Repairer, startDriftWatch } from "./repair.js";
 import type { LocalService } from "./service.js";
@@ -73,6 +74,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     health: () => health(),
     log,
   });
+  // Live changes and drift checks read one domain's devices through it (kernel-view.ts); the drift watch
+  // below keeps its qdisc cache honest.
+  const view = new KernelView({ runner: o.runner, netns: o.netns });
   const { service, close: closeService } = await openLocalService({
     runner: o.runner,
     runDir: o.runDir,
@@ -83,11 +87,14 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     audit: true,
     libvirtState: () => ({ ...libvirt }),
     metrics,
+    kernelView: view,
+    // The drift repair's contested objects, as the repairer keeps them in <runDir>/contested.json.
+    contested: () => readContested(o.runDir),
   });
   health = () => service.health();
   const { buildApi } = await import("./api/server.js");
   const { listenTcp, listenUnix, socketAuthenticator } = await import("./api/listen.js");
-  const closers: (() => Promise<void> | void)[] = [closeService];
+  const closers: (() => Promise<void> | void)[] = [closeService, () => view.close()];
 
   const unixApp = buildApi({ service, auth: socketAuthenticator(), log });
   await listenUnix(unixApp, o.socketPath, { group: "virtqos" });
@@ -161,6 +168,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     log,
     metrics,
     pruneGraceMs: o.pruneGraceMs,
+    observer: view,
   });
   try {
     const drift = startDriftWatch({
@@ -169,7 +177,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       netns: o.netns,
       ovsdb: o.ovsdb,
       checkIntervalMs: o.checkIntervalMs,
+      kernelListener: view,
     });
+    // Until both monitors listen, a change could go unseen: nothing is cached before.
+    drift.kernel.ready.then(() => view.enableCache()).catch(() => {});
     closers.unshift(() => drift.close());
   } catch (e) {
     // The API and libvirt's events are worth running without drift repair.

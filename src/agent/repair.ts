@@ -1,4 +1,13 @@
-import { accessSync, constants, existsSync, statSync } from "node:fs";
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { delimiter, join } from "node:path";
 import type { Runner } from "../adapters/exec.js";
 import {
@@ -12,9 +21,16 @@ import type { Logger } from "../adapters/log.js";
 import { DEFAULT_OVSDB, type OvsEvent, type OvsWatch, watchOvsdb } from "../adapters/ovsdb-watch.js";
 import { cachedCapabilities } from "../adapters/probe.js";
 import { loadRecords } from "../adapters/state.js";
-import { reconcile } from "../app/engine.js";
+import { reconcile, type ScopedObserver } from "../app/engine.js";
 import { type GoneInterface, pruneGone } from "../app/prune.js";
-import { desiredFromRecords } from "../app/status.js";
+import {
+  CONTESTED_VERSION,
+  type ContestedEntry,
+  type ContestedFile,
+  contestedPath,
+  desiredFromRecords,
+  readContested,
+} from "../app/status.js";
 import type { DomainRecord, StoredRecord } from "../core/model.js";
 import { groupIfbName } from "../core/names.js";
 import { type Op, recordIfb } from "../core/plan.js";
@@ -30,6 +46,10 @@ import {
   DriftPolicy,
   type DriftPolicyOptions,
   driftKey,
+  OvsSettler,
+  realTimers,
+  type Settled,
+  type Timers,
 } from "./drift.js";
 import type { Health } from "./types.js";
 
@@ -48,6 +68,13 @@ import type { Health } from "./types.js";
 // waits for such a deferred repair, events about it start no check; at its time the re-apply is the check
 // (the engine re-plans under the lock and applies only what differs). Each check and repair costs processes
 // (~10 ms of CPU each to spawn on a small host), which is what keeps a fight cheap.
+//
+// Open vSwitch reconfiguring a port is no fight. One port added (or ovs-vswitchd restarted) makes it
+// re-create a policed port's `ingress` qdisc several times within a second or two, often before OVSDB shows
+// why. So a change on an OVS port is checked once OVS has settled on it (OvsSettler in drift.ts: OVSDB and the
+// port's qdiscs quiet for 300 ms, at most 2 s after the first change), and a drift that an OVS event explains
+// (another port added, ovs-vswitchd restarted or reconnected to its database, the port's own rows changed;
+// within 5 s before the change or since) is labelled with that cause and does not count toward "contested".
 //
 // A tap that disappears is not drift (nothing to shape on a device that does not exist). Its interface is
 // watched instead: tap back under the same name (a re-created tap) is re-shaped; still missing after the
@@ -80,6 +107,11 @@ export interface RepairerOptions {
   coalesce?: CoalescerOptions;
   /** How long a tap must stay missing (at every check) before its records are pruned; default 5 min. */
   pruneGraceMs?: number;
+  /**
+   * Reads one domain's devices without listing the host (the agent's kernel view): a check after each
+   * event then costs milliseconds, not a read of every link and qdisc.
+   */
+  observer?: ScopedObserver;
   /** Only these domains are checked, repaired and pruned (a test on a shared host); default all. */
   only?: (domainUuid: string) => boolean;
   /** How long a check or prune waits for the engine's lock; default 10 s. */
@@ -87,13 +119,25 @@ export interface RepairerOptions {
   /** How long an OVS event explains kernel changes on its ports; default 5 s. */
   ovsHintMs?: number;
   /**
-   * How long OVSDB must have been quiet before an OVS port is checked; default 300 ms. One port added
-   * makes ovs-vswitchd reconfigure every port several times within a second (each time re-creating a
-   * policed port's ingress qdisc): repairing between them would be a fight with OVS, not a repair.
+   * How long OVSDB and the port's qdiscs must have been quiet before an OVS port is checked and repaired;
+   * default 300 ms. One port added makes ovs-vswitchd reconfigure every port several times within a second or
+   * two (each time re-creating a policed port's ingress qdisc): repairing between them would be undone.
    */
   ovsSettleMs?: number;
+  /** The longest an OVS port OVS keeps changing waits for that (from its first change); default 2 s. */
+  ovsSettleCapMs?: number;
+  /**
+   * How long a change on an OVS port no OVS event explains yet waits for one (OVS changes the kernel
+   * before OVSDB shows why); default 500 ms.
+   */
+  ovsLeadMs?: number;
   /** Told about every repair (tests, benchmarks). */
   onRepair?(r: RepairReport): void;
+  /**
+   * Keep `<runDir>/contested.json` (for `virtqos status` and the agent's health) up to date with the contested
+   * objects; default true. Only one repairer per run dir should.
+   */
+  persistContested?: boolean;
 }
 
 /** One repair, as logged. */
@@ -166,6 +210,23 @@ const OVS_CAUSE: Partial<Record<string, DriftCause>> = {
   "policing-changed": "ovs policing change",
   "vswitchd-restart": "ovs-vswitchd restart",
 };
+
+/** OVS events that make ovs-vswitchd reconfigure every port, not only the one named. */
+const OVS_EVERY_PORT = new Set(["port-added", "ofport-changed", "vswitchd-restart"]);
+
+/** Causes that are Open vSwitch reconfiguring the port: a drift they explain is no fight (DriftFinding). */
+const OVS_CAUSES = new Set<DriftCause>(Object.values(OVS_CAUSE) as DriftCause[]);
+
+/**
+ * What OVS does to a port and virtqos never does in a repair: delete a qdisc other than the kernel's default
+ * root (handle 0:), create an `ingress` qdisc (virtqos's hook is clsact). Counted as OVS still busy on the
+ * port even while virtqos repairs its domain.
+ */
+const ovsLike = (e: KernelEvent): boolean =>
+  (e.kind === "qdisc-deleted" && e.handle !== "0:") || (e.kind === "qdisc-changed" && e.tcKind === "ingress");
+
+/** How long the list of OVS ports is reused between OVSDB events. */
+const OVS_PORTS_TTL_MS = 2_000;
 
 // ------------------------------------------------------------------------------------ describing drift
 
@@ -337,12 +398,17 @@ export class Repairer {
   private readonly reported = new Set<string>();
   /** Contested keys already logged. */
   private readonly contestedLogged = new Set<string>();
-  /** Recent OVS events: per port, and for every OVS port (another port added, a restart). */
-  private readonly portHints = new Map<string, Trigger>();
-  private ovsHint: Trigger | undefined;
-  /** When the OVSDB watch last reported anything. */
-  private lastOvsAt = 0;
+  /** What this repairer last wrote to contested.json (its objects as JSON); "" while it wrote none. */
+  private contestedWritten = "";
+  /** The last failure to write it, logged once. */
+  private contestedWriteError = "";
+  /** Waits out OVS's reconfigurations per port, and knows which OVS events explain a change. */
+  private readonly settler: OvsSettler<DriftCause, Trigger>;
   private ovsPorts: () => Iterable<string> = () => [];
+  /** OVS's ports as last listed, and when (the list costs a walk of the OVSDB watch's tables). */
+  private ovsPortSet: { at: number; ports: Set<string> } | undefined;
+  /** Whether the OVSDB watch was connected (undefined: never yet). */
+  private ovsdbUp: boolean | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
 
   readonly stats: RepairerStats = { events: 0, checks: 0, repairs: 0, failedRepairs: 0, prunes: 0 };
@@ -353,7 +419,18 @@ export class Repairer {
     this.o = o;
     this.now = o.now ?? Date.now;
     this.policyState = new DriftPolicy({ now: this.now, ...o.drift });
-    this.coalescer = new Coalescer((b) => this.onBatch(b), o.coalesce);
+    // One clock for everything the repairer compares: the injected one (events are stamped with it when they
+    // arrive, not with the watches' performance-clock stamps, which drift from Date.now by ~200 ppm).
+    const timers: Timers = o.coalesce?.timers ?? { ...realTimers, now: () => this.now() };
+    this.coalescer = new Coalescer((b) => this.onBatch(b), { ...o.coalesce, timers });
+    this.settler = new OvsSettler<DriftCause, Trigger>((s) => this.onSettled(s), {
+      settleMs: o.ovsSettleMs,
+      capMs: o.ovsSettleCapMs,
+      hintMs: o.ovsHintMs,
+      leadMs: o.ovsLeadMs,
+      rank,
+      timers,
+    });
     this.grace = o.pruneGraceMs ?? 300_000;
     this.quiet = silentOf(o.log);
     this.caps = o.caps;
@@ -369,14 +446,19 @@ export class Repairer {
     const owners = idx.byDev.get(e.dev);
     if (!owners) return;
     this.stats.events++;
+    const at = this.now();
     for (const u of owners) {
       const n = this.echo.get(u);
       if (n !== undefined) this.echo.set(u, n + 1);
     }
     if (e.kind === "link-deleted" && taps) {
       // A tap going away is no drift: its guest stopped or it is being re-created. Watch it for pruning.
-      for (const t of taps) this.tapMissing(t.uuid, t.mac, e.dev, e.at);
+      for (const t of taps) this.tapMissing(t.uuid, t.mac, e.dev, at);
       return;
+    }
+    // A tc change on an OVS port that is not virtqos's own repair: OVS is (still) at work on the port.
+    if (taps && !e.kind.startsWith("link-") && this.isOvsPort(e.dev)) {
+      if (ovsLike(e) || ![...owners].some((u) => this.inOwnRepair(u, at))) this.settler.kernelChange(e.dev);
     }
     const cause = KERNEL_CAUSE[e.kind];
     if (!cause) return;
@@ -386,7 +468,7 @@ export class Repairer {
       (e.kind.endsWith("-deleted") && (isVirtqosTcObject(e) || e.parent === HOOK_PARENT));
     // A new link under a recorded name is a re-created tap only if it is a tap: a re-created IFB is ours.
     const c: DriftCause = e.kind === "link-added" && !taps ? "ip link set" : cause;
-    this.coalescer.push(e.dev, { cause: c, at: e.at, loss });
+    this.coalescer.push(e.dev, { cause: c, at, loss });
   }
 
   /**
@@ -395,36 +477,47 @@ export class Repairer {
    */
   onOvsEvent(e: OvsEvent): void {
     if (this.closed) return;
-    this.lastOvsAt = Math.max(this.lastOvsAt, this.now());
+    // Ports come and go with OVSDB's events: list them again.
+    this.ovsPortSet = undefined;
     const cause = OVS_CAUSE[e.kind];
+    // Every event means OVSDB is not quiet; one with a cause explains what OVS does to the port, or (a port
+    // added, a restart: ovs-vswitchd reconfigures them all) to every OVS port.
+    if (!cause || OVS_EVERY_PORT.has(e.kind) || !e.port) this.settler.ovsEvent(cause);
+    else this.settler.ovsEvent(cause, e.port);
     if (!cause) return;
-    const at = e.at;
+    const at = this.now();
     const idx = this.refresh();
     if (e.kind === "vswitchd-restart") {
-      this.ovsHint = { cause, at, loss: true };
-      const ours = [...this.ovsPorts()].filter((p) => idx.taps.has(p));
+      const ours = [...this.ovsPortNames()].filter((p) => idx.taps.has(p));
       for (const p of ours) this.coalescer.push(p, { cause, at, loss: true });
       // ovs-vswitchd writes its pidfile before it configures its ports: look again once it has.
       this.later(1000, () => {
-        for (const p of ours) this.coalescer.push(p, { cause, at, loss: true });
+        for (const p of ours) this.coalescer.push(p, { cause, at: this.now(), loss: true });
       });
       return;
     }
-    if (!e.port) return;
-    if (e.kind === "port-added" || e.kind === "ofport-changed") {
-      // Adding a port reconfigures the others too (OVS re-creates the ingress qdisc of a policed port).
-      this.ovsHint = { cause, at, loss: true };
-    }
-    if (!idx.taps.has(e.port)) return;
-    const hintMs = this.o.ovsHintMs ?? 5000;
-    for (const [p, h] of this.portHints) if (at - h.at > hintMs) this.portHints.delete(p);
-    this.portHints.set(e.port, { cause, at, loss: true });
+    if (!e.port || !idx.taps.has(e.port)) return;
     this.coalescer.push(e.port, { cause, at, loss: true });
+  }
+
+  /**
+   * The OVSDB watch connected (true) or lost its connection (false). After the first connection either is
+   * ovsdb-server restarting, and ovs-vswitchd reconfigures every port when it reconnects to it (as after
+   * its own restart, and before the OVSDB watch is back to say anything).
+   */
+  onOvsState(connected: boolean): void {
+    if (this.closed) return;
+    const was = this.ovsdbUp;
+    this.ovsdbUp = connected;
+    this.ovsPortSet = undefined;
+    if (was === undefined || was === connected) return;
+    this.settler.ovsEvent("ovs-vswitchd restart");
   }
 
   /** Where OVS ports are listed (the OVSDB watch's ports()), for the restart and add-port hints. */
   setOvsPorts(ports: () => Iterable<string>): void {
     this.ovsPorts = ports;
+    this.ovsPortSet = undefined;
   }
 
   /** The domains whose records use `dev` (a tap, an interface's IFB, a group's IFB). */
@@ -455,21 +548,27 @@ export class Repairer {
     for (;;) {
       this.coalescer.flushAll();
       const busy = [this.pumping, ...this.repairing.values()].filter(Boolean);
-      if (!busy.length && !this.pending.size) return;
+      const settling = this.settler.pending().length > 0;
+      if (!busy.length && !this.pending.size && !settling) return;
+      if (this.closed) return;
       await Promise.allSettled(busy);
-      if (!busy.length) await new Promise((r) => setImmediate(r));
+      // Ports waiting for OVS to settle are handed over by their timers (within the cap).
+      if (!busy.length) await new Promise((r) => (settling ? setTimeout(r, 20) : setImmediate(r)));
     }
   }
 
   close(): void {
     this.closed = true;
     this.coalescer.clear();
+    this.settler.clear();
     for (const d of this.deferred.values()) clearTimeout(d.timer);
     this.deferred.clear();
     for (const m of this.missing.values()) if (m.timer) clearTimeout(m.timer);
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     this.pending.clear();
+    // Nobody repairs any more: what status would read as contested is no longer anyone's finding.
+    if (this.contestedWritten) this.persistContested([]);
   }
 
   // ---------------------------------------------------------------------------------- the index
@@ -535,21 +634,66 @@ export class Repairer {
     for (const t of b.items) cause = better(cause, t.cause);
     if (!cause) return;
     const loss = b.items.some((t) => t.loss);
-    const at = this.now();
-    const ovsPort = this.portHints.has(b.key) || [...this.ovsPorts()].includes(b.key);
-    const settle = this.lastOvsAt + (this.o.ovsSettleMs ?? 300) - at;
-    if (ovsPort && settle > 0) {
-      this.later(settle, () => this.onBatch(b));
+    const trigger: Trigger = { cause, at: b.firstAt, loss };
+    const uuids = this.domainsFor(b.key);
+    // An OVS port is checked once OVS has settled on it (unless this is only virtqos's own repair's echo).
+    if (this.isOvsPort(b.key) && !uuids.every((u) => this.isOwnEcho(u, trigger))) {
+      this.settler.hold(b.key, trigger, b.firstAt);
       return;
     }
-    // The kernel change is the effect; a recent OVS event on this port (or on any port, for an OVS port)
-    // the cause.
-    const hint = this.portHints.get(b.key);
-    const hintMs = this.o.ovsHintMs ?? 5000;
-    if (hint && at - hint.at <= hintMs) cause = better(cause, hint.cause);
-    else if (this.ovsHint && at - this.ovsHint.at <= hintMs && ovsPort)
-      cause = better(cause, this.ovsHint.cause);
-    for (const uuid of this.domainsFor(b.key)) this.request(uuid, { cause, at: b.firstAt, loss });
+    for (const uuid of uuids) this.request(uuid, trigger);
+  }
+
+  /**
+   * An OVS port has settled: check its domains. The kernel change is the effect; an OVS event on this port
+   * or on every port (within the hint window before the first change, or since) the cause.
+   */
+  private onSettled(s: Settled<DriftCause, Trigger>): void {
+    if (this.closed) return;
+    let cause: DriftCause | undefined;
+    for (const t of s.items) cause = better(cause, t.cause);
+    if (s.explained) cause = better(cause, s.explained.cause);
+    if (!cause) return;
+    const loss = s.items.some((t) => t.loss);
+    if (s.capped)
+      this.o.log.debug(
+        `drift: OVS still changes ${s.port} ${Math.round(this.now() - s.since)} ms on: checking it now`,
+      );
+    for (const uuid of this.domainsFor(s.port)) this.request(uuid, { cause, at: s.since, loss });
+  }
+
+  /**
+   * Whether a drift of `key` is OVS reconfiguring its port rather than someone fighting virtqos: an OVS cause,
+   * and the object is on an OVS port (OVS never touches an IFB).
+   */
+  private explainedBy(key: string, t: Trigger): boolean {
+    return OVS_CAUSES.has(t.cause) && this.isOvsPort(key.slice(0, key.indexOf("|")));
+  }
+
+  /** Whether OVS lists `dev` as one of its ports (cached between OVSDB events). */
+  private isOvsPort(dev: string): boolean {
+    return this.ovsPortNames().has(dev);
+  }
+
+  private ovsPortNames(): Set<string> {
+    const now = this.now();
+    if (!this.ovsPortSet || now - this.ovsPortSet.at > OVS_PORTS_TTL_MS || now < this.ovsPortSet.at)
+      this.ovsPortSet = { at: now, ports: new Set(this.ovsPorts()) };
+    return this.ovsPortSet.ports;
+  }
+
+  /** Whether virtqos is repairing the domain, or just did (its echo may still arrive). */
+  private inOwnRepair(uuid: string, at: number): boolean {
+    if (this.repairing.has(uuid)) return true;
+    const last = this.lastRepair.get(uuid);
+    return last !== undefined && at >= last.start && at <= last.end + OWN_ECHO_MS;
+  }
+
+  /** A trigger that can only be a repair's own echo: nothing lost, during or just after that repair. */
+  private isOwnEcho(uuid: string, t: Trigger): boolean {
+    if (t.loss || !EVENT_CAUSES.has(t.cause)) return false;
+    const last = this.lastRepair.get(uuid);
+    return last !== undefined && t.at >= last.start && t.at <= last.end + OWN_ECHO_MS;
   }
 
   private request(uuid: string, t: Trigger): void {
@@ -557,8 +701,7 @@ export class Repairer {
     const event = EVENT_CAUSES.has(t.cause);
     // A domain waiting for a backed-off repair is checked when it is due, not at every event of the fight.
     if (this.deferred.has(uuid) && event) return;
-    const last = this.lastRepair.get(uuid);
-    if (event && !t.loss && last && t.at >= last.start && t.at <= last.end + OWN_ECHO_MS) return;
+    if (this.isOwnEcho(uuid, t)) return;
     if (event) {
       // A contested domain is checked at its back-off's pace: each check costs processes, and during a fight
       // every check would find it wrong again.
@@ -656,6 +799,7 @@ export class Repairer {
             log: this.quiet,
             caps: this.caps,
             lockHeld: true,
+            observer: this.o.observer,
           },
           {
             domains: [],
@@ -760,11 +904,27 @@ export class Repairer {
     }
   }
 
-  private onDrift(r: StoredRecord, ops: Op[], trigger: Trigger): void {
+  private onDrift(r: StoredRecord, ops: Op[], found: Trigger): void {
     const uuid = r.domainUuid;
     const desc = describeDrift(ops, r);
+    const ovsDevs = desc.devs.filter((d) => this.isOvsPort(d));
+    // OVS is still at work on a port of this domain (a check from another device's event, the periodic one):
+    // repaired once the port has settled, not between two of OVS's passes.
+    const busy = ovsDevs.find((d) => this.settler.wouldHold(d, found.at));
+    if (busy) {
+      this.settler.hold(busy, found, found.at);
+      return;
+    }
+    // What OVS did to its port since shortly before the first event (or since) explains the drift.
+    let trigger = found;
+    for (const d of ovsDevs) {
+      const why = this.settler.explain(d, found.at);
+      if (why) trigger = { ...trigger, cause: better(trigger.cause, why.cause) };
+    }
     const reason = `${desc.missing.length ? `missing ${desc.missing.join(",")}` : `extra ${desc.extra.join(",")}`} (${trigger.cause})`;
-    const decisions: DriftDecision[] = desc.keys.map((k) => this.policyState.drift(k, reason));
+    const decisions: DriftDecision[] = desc.keys.map((k) =>
+      this.policyState.drift(k, reason, { explained: this.explainedBy(k, trigger) }),
+    );
     const open = this.open.get(uuid) ?? new Set<string>();
     const all = this.domainKeys.get(uuid) ?? new Set<string>();
     for (const k of desc.keys) {
@@ -836,6 +996,52 @@ export class Repairer {
       }
     }
     this.o.metrics?.setContested(now.length);
+    this.persistContested(now);
+  }
+
+  /** contested.json, rewritten when what it says changes (objects, counts, back-off), removed when empty. */
+  private persistContested(now: ContestedObject[]): void {
+    if (this.o.persistContested === false) return;
+    // A repair that finishes after close() finds nobody to keep the file up to date: it stays removed.
+    const entries = this.closed
+      ? []
+      : now.map((c) => this.contestedEntry(c)).sort((a, b) => a.since.localeCompare(b.since));
+    const text = entries.length ? JSON.stringify(entries) : "";
+    if (text === this.contestedWritten) return;
+    try {
+      writeContestedFile(this.o.runDir, entries);
+      this.contestedWritten = text;
+      this.contestedWriteError = "";
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg === this.contestedWriteError) return;
+      this.contestedWriteError = msg;
+      this.o.log.warning(
+        `drift: cannot write ${contestedPath(this.o.runDir)}: ${msg}; virtqos status and /v1/health will not show contested objects`,
+      );
+    }
+  }
+
+  private contestedEntry(c: ContestedObject): ContestedEntry {
+    const bar = c.key.indexOf("|");
+    const iso = (ms: number) => new Date(ms).toISOString();
+    const domains: ContestedEntry["domains"] = [];
+    for (const [uuid, keys] of this.domainKeys) {
+      if (keys.has(c.key)) domains.push({ name: this.index.records.get(uuid)?.domainName ?? uuid, uuid });
+    }
+    return {
+      dev: c.key.slice(0, bar),
+      object: c.key.slice(bar + 1),
+      domains,
+      since: iso(c.since),
+      lastDriftAt: iso(c.lastDriftAt),
+      drifts: c.drifts,
+      backoffMs: c.backoffMs,
+      ...(c.nextRepairAt !== undefined ? { nextRepairAt: iso(c.nextRepairAt) } : {}),
+      // DriftPolicy's calm period (its default unless the options set one).
+      until: iso(c.lastDriftAt + (this.o.drift?.calmMs ?? 300_000)),
+      reasons: c.reasons,
+    };
   }
 
   // ---------------------------------------------------------------------------------- repair
@@ -879,7 +1085,7 @@ export class Repairer {
           return;
         }
         const reason = `missing ${desc.missing.join(",") || "none"} (${trigger.cause})`;
-        for (const k of keys) this.policyState.drift(k, reason);
+        for (const k of keys) this.policyState.drift(k, reason, { explained: this.explainedBy(k, trigger) });
       }
       this.lastRepair.set(uuid, { start, end: this.now() });
       const open = this.open.get(uuid);
@@ -1038,6 +1244,43 @@ export class Repairer {
   }
 }
 
+// ------------------------------------------------------------------------------------ contested.json
+
+/**
+ * Write `<runDir>/contested.json` (src/app/status.ts has the format and the reader): a temporary file renamed
+ * into place, so a reader sees the old file or the new one, never half of one. No objects: the file is removed.
+ */
+export function writeContestedFile(runDir: string, objects: ContestedEntry[]): void {
+  const file = contestedPath(runDir);
+  if (!objects.length) {
+    rmSync(file, { force: true });
+    return;
+  }
+  const doc: ContestedFile = {
+    version: CONTESTED_VERSION,
+    pid: process.pid,
+    writtenAt: new Date().toISOString(),
+    objects,
+  };
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    mkdirSync(runDir, { recursive: true });
+    writeFileSync(tmp, `${JSON.stringify(doc, null, 2)}\n`, { mode: 0o644 });
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/**
+ * The agent's health with the contested objects added, as the repairer last wrote them (src/agent/main.ts
+ * wraps the service's health with it: /v1/health and the metrics).
+ */
+export function withContested(health: () => Health, runDir: string): () => Health {
+  return () => ({ ...health(), contested: readContested(runDir) });
+}
+
 // ------------------------------------------------------------------------------------ the watches
 
 export interface DriftWatchOptions {
@@ -1052,6 +1295,8 @@ export interface DriftWatchOptions {
   ovsdb?: string | false;
   /** The full check's period; default 30 s, 0: none. */
   checkIntervalMs?: number;
+  /** Also told about every kernel event and resync, before the repairer (the agent's kernel view). */
+  kernelListener?: { onKernelEvent(e: KernelEvent): boolean | undefined; onResync(): void };
 }
 
 export interface DriftWatch {
@@ -1095,7 +1340,11 @@ export function startDriftWatch(o: DriftWatchOptions): DriftWatch {
   let lastError = "";
   const kernel = watchKernel({
     netns: o.netns,
-    onEvent: (e) => repairer.onKernelEvent(e),
+    onEvent: (e) => {
+      // false: the listener knows the event for the echo of its own change (a live change's class change).
+      if (o.kernelListener?.onKernelEvent(e) === false) return;
+      repairer.onKernelEvent(e);
+    },
     onError: (err) => {
       // A monitor that cannot start says so at every retry: once per distinct message is enough.
       if (err.message === lastError) return;
@@ -1103,6 +1352,7 @@ export function startDriftWatch(o: DriftWatchOptions): DriftWatch {
       log.warning(`drift watch: ${err.message}`);
     },
     onResync: (monitor, reason) => {
+      o.kernelListener?.onResync();
       log.info(`drift watch: ${monitor} events may have been missed (${reason}); checking every domain`);
       void repairer.fullCheck("monitor resync").catch(() => {});
     },
@@ -1115,6 +1365,7 @@ export function startDriftWatch(o: DriftWatchOptions): DriftWatch {
         db: remote,
         onEvent: (e) => repairer.onOvsEvent(e),
         onState: (up, err) => {
+          repairer.onOvsState(up);
           if (up) log.info(`drift watch: following OVSDB ${remote}`);
           else log.warning(`drift watch: OVSDB ${remote} not reachable (${err ?? "?"}); retrying`);
         },

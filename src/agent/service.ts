@@ -34,6 +34,7 @@ import type {
   AuditDoor,
   AuditEntry,
   AuditQuery,
+  ContestedObjectView,
   DirectionView,
   DomainSummary,
   Health,
@@ -94,6 +95,8 @@ export interface ServiceDeps {
    * live changes read and change one domain's devices through them instead of listing the host.
    */
   kernelView?: KernelView;
+  /** The drift repair's contested objects (the agent: as the repairer last wrote them), for health. */
+  contested?: () => ContestedObjectView[];
 }
 
 /** What the service tells the metrics (src/agent/metrics.ts's Metrics). */
@@ -565,6 +568,7 @@ export class LocalService implements AgentService {
       uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
     };
     if (this.last) h.lastReconcile = this.last;
+    if (this.deps.contested) h.contested = this.deps.contested();
     return h;
   }
 }

@@ -118,11 +118,40 @@ export interface AuditQuery {
   limit?: number;
 }
 
+/**
+ * A kernel object the agent's drift repair keeps finding changed back after repairing it (another tool keeps
+ * changing it), so it now repairs it only with a back-off (docs/drift.md). Times are ISO 8601, UTC.
+ */
+export interface ContestedObjectView {
+  /** The device it is on: a guest's tap, an interface's IFB or a group's IFB. */
+  dev: string;
+  /** What on that device: "root qdisc", "ingress redirect", "ifb", "class", "extra class"... */
+  object: string;
+  /** The guests whose shaping it is (several for a group's IFB). */
+  domains: { name: string; uuid: string }[];
+  /** When it became contested. */
+  since: string;
+  /** When a check last found it changed. */
+  lastDriftAt: string;
+  /** Times it was found changed again since it became contested. */
+  drifts: number;
+  /** How long the agent now waits between repairs of it. */
+  backoffMs: number;
+  /** When the next repair is due, if one waits. */
+  nextRepairAt?: string;
+  /** When it stops being contested if it is not changed again (5 min after the last drift). */
+  until: string;
+  /** What the checks said, most recent last. */
+  reasons: string[];
+}
+
 export interface Health {
   libvirt: { connected: boolean; uri: string; since?: string; error?: string };
   lastReconcile?: { at: string; domain?: string; ok: boolean };
   queueDepth: number;
   uptimeSeconds: number;
+  /** Objects the drift repair finds contested (the agent always says, [] for none). */
+  contested?: ContestedObjectView[];
 }
 
 /**

@@ -16,6 +16,7 @@ import { htbClass } from "../core/recipe.js";
 import { type Rendered, render, splitTcByCreated } from "../core/render.js";
 import { resolveDomain } from "../core/resolve.js";
 import { formatRate, formatSize } from "../core/units.js";
+import { finishOvsNative, prepareOvsNative } from "./ovs-native.js";
 
 // observe() -> plan() -> render() -> apply, under one lock. Everything that can fail after the first change
 // to the kernel is followed by a re-observe and a rollback to what was there before.
@@ -72,6 +73,8 @@ export interface ReconcileResult {
   plan: Plan;
   rendered: Rendered;
   applied: boolean;
+  /** `ovs: native`: the ovs-vsctl argument arrays run (or, dry run, that would run), in order. */
+  ovsVsctl?: string[][];
   failure?: {
     /** The error's code (TC_BATCH_FAILED, COMMAND_KILLED, ...; INTERNAL for one without a code). */
     code: ErrorCode;
@@ -124,26 +127,35 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       req.scope === "all",
       req.scope === "all" ? undefined : [...req.scope, ...desired.map((d) => d.domainUuid)],
     );
-    const p = plan(desired, before, caps, {
+    // ---- ovs: native (issue 10, src/app/ovs-native.ts): the directions Open vSwitch enforces; OVSDB read
+    const ovsPrep = await prepareOvsNative(ctx, req, desired, before, caps);
+    // ----
+    const p = plan(desired, ovsPrep.view, caps, {
       leaf: req.policy.leaf,
       scope: req.scope,
       sweep: req.sweep ?? true,
       groups: req.policy.groups,
     });
     p.problems.unshift(...resolveProblems);
+    // ---- ovs: native (issue 10): OVSDB diffed here, changed around the tc batch below
+    const ovs = finishOvsNative(ctx, req, desired, p, ovsPrep);
+    // ----
     const tx = begin(ctx, p, before, caps);
     for (const n of p.notes) (n.level === "warning" ? ctx.log.warning : ctx.log.info)(n.message);
     p.notes.unshift(...warnings);
     for (const pr of p.problems) ctx.log.error(formatDiagnostic(pr));
     const result: ReconcileResult = { desired, plan: p, rendered: tx.rendered, applied: false };
+    if (ovs?.argv.length) result.ovsVsctl = ovs.argv; // ovs: native
     if (req.dryRun) return result;
     if (p.ops.length === 0) {
       ctx.log.debug("kernel already matches the desired state; nothing to do");
+      if (await ovs?.apply()) result.applied = true; // ovs: native: OVSDB may still differ
       tx.commit();
       return result;
     }
     if (req.journal !== false) journalChange(ctx, req, p.ops);
     try {
+      await ovs?.applyFirst(); // ovs: native: a port OVS hands back to tc, before its tc objects go on
       await tx.apply();
     } catch (e) {
       const restored = await tx.rollback();
@@ -161,6 +173,7 @@ export async function reconcile(ctx: EngineContext, req: ReconcileRequest): Prom
       );
       return result;
     }
+    await ovs?.apply(); // ovs: native: after the tc batch, which took virtqos's own tc objects off OVS's ports
     tx.commit();
     result.applied = true;
     logApplied(ctx.log, desired, p.ops);

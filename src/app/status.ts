@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Runner } from "../adapters/exec.js";
 import { observe } from "../adapters/kernel.js";
 import { loadRecords } from "../adapters/state.js";
@@ -15,6 +17,7 @@ import { hookFor, plan, recordIfb } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
 import type { Capabilities } from "../core/recipe.js";
 import { formatRate } from "../core/units.js";
+import { ovsStatusRows } from "./ovs-native.js";
 import { formatTable } from "./table.js";
 
 // `virtqos status`: what virtqos applied, what the kernel has now, counters, and whether they still match.
@@ -28,6 +31,8 @@ export interface StatusRow {
   direction: Direction;
   /** Where the limit is enforced: the tap itself, the IFB carrying guest upload, or the group's IFB. */
   enforcedOn?: string;
+  /** Who enforces it: virtqos's tc objects, or Open vSwitch (`ovs: native`; enforcedOn "ovs"). Absent: tc. */
+  enforcer?: "tc" | "ovs";
   /** Group path ("host/web") for group members. */
   group?: string;
   /** Group members: rate = their ceiling, floorBitsPerSec = their guarantee. */
@@ -51,7 +56,126 @@ export interface StatusRow {
   /** The domain's state record: its generation (bumped on each change) and who made the last change. */
   generation: number;
   appliedBy?: AppliedBy;
+  /**
+   * Objects on this row's devices (its tap, or the IFB that carries this direction) that the running agent's
+   * drift repair finds contested: another tool keeps changing them back. Absent when none.
+   */
+  contested?: ContestedRef[];
 }
+
+/** A contested object as a status row shows it. */
+export interface ContestedRef {
+  dev: string;
+  object: string;
+  since: string;
+  drifts: number;
+}
+
+// ------------------------------------------------------------------------------------ contested objects
+
+/**
+ * `<runDir>/contested.json`: the agent's drift repair writes the objects it finds contested here (atomically,
+ * whenever the set or their counts change; removed when none is left and when the agent stops), so that
+ * `virtqos status`, another process, can show them. Times are ISO 8601.
+ */
+export const CONTESTED_FILE = "contested.json";
+export const CONTESTED_VERSION = 1;
+
+export interface ContestedEntry {
+  dev: string;
+  object: string;
+  domains: { name: string; uuid: string }[];
+  since: string;
+  lastDriftAt: string;
+  drifts: number;
+  backoffMs: number;
+  nextRepairAt?: string;
+  /** When it stops being contested unless it drifts again: readers drop it after that. */
+  until: string;
+  reasons: string[];
+}
+
+export interface ContestedFile {
+  version: typeof CONTESTED_VERSION;
+  /** The agent that wrote it: a file whose writer is gone (killed) says nothing any more. */
+  pid: number;
+  writtenAt: string;
+  objects: ContestedEntry[];
+}
+
+export const contestedPath = (runDir: string): string => join(runDir, CONTESTED_FILE);
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists, as someone else.
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+const isString = (v: unknown): v is string => typeof v === "string";
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
+
+function validEntry(v: unknown): v is ContestedEntry {
+  const e = v as Partial<ContestedEntry> | null;
+  return (
+    typeof e === "object" &&
+    e !== null &&
+    isString(e.dev) &&
+    isString(e.object) &&
+    Array.isArray(e.domains) &&
+    e.domains.every((d) => isString(d?.name) && isString(d?.uuid)) &&
+    isString(e.since) &&
+    isString(e.lastDriftAt) &&
+    isCount(e.drifts) &&
+    isCount(e.backoffMs) &&
+    (e.nextRepairAt === undefined || isString(e.nextRepairAt)) &&
+    isString(e.until) &&
+    !Number.isNaN(Date.parse(e.until)) &&
+    Array.isArray(e.reasons) &&
+    e.reasons.every(isString)
+  );
+}
+
+/**
+ * The contested objects the running agent last wrote, still contested at `now`. Nothing to say (no file, no
+ * agent, a file whose writer is gone, past its objects' `until`) and a file that cannot be read or parsed (torn,
+ * another version's) are all []: status reports the kernel either way, and a broken file must not stop it.
+ */
+export function readContested(runDir: string, now = Date.now()): ContestedEntry[] {
+  let doc: Partial<ContestedFile>;
+  try {
+    doc = JSON.parse(readFileSync(contestedPath(runDir), "utf8")) as Partial<ContestedFile>;
+  } catch {
+    return [];
+  }
+  if (typeof doc !== "object" || doc === null || doc.version !== CONTESTED_VERSION) return [];
+  if (!Number.isInteger(doc.pid) || (doc.pid as number) <= 0 || !pidAlive(doc.pid as number)) return [];
+  if (!Array.isArray(doc.objects)) return [];
+  return doc.objects.filter((e) => validEntry(e) && Date.parse(e.until) > now);
+}
+
+/**
+ * Marks the rows whose devices carry a contested object: the row's tap (a tap's objects concern both its
+ * directions: the root qdisc, the redirect to the IFB) or the IFB that carries the row's direction (an
+ * interface's own, or a group's: every member's row in that direction).
+ */
+export function markContested(rows: StatusRow[], contested: readonly ContestedEntry[]): StatusRow[] {
+  if (!contested.length) return rows;
+  for (const row of rows) {
+    const devs = new Set([row.dev, row.enforcedOn].filter((d): d is string => d !== undefined));
+    const hits = contested.filter((c) => devs.has(c.dev));
+    if (hits.length) {
+      row.contested = hits.map((c) => ({ dev: c.dev, object: c.object, since: c.since, drifts: c.drifts }));
+    }
+  }
+  return rows;
+}
+
+/** Whether a row's shaping is held as asked: the kernel matches and no other tool keeps undoing it. */
+export const inForce = (r: StatusRow): boolean => r.matches && !r.contested?.length;
 
 export function desiredFromRecords(records: DomainRecord[]): DesiredInterface[] {
   return records.flatMap((r) =>
@@ -63,9 +187,11 @@ export function desiredFromRecords(records: DomainRecord[]): DesiredInterface[] 
       type: i.type,
       dev: i.dev,
       swapped: swapsHooks(i.type),
-      ovs: false,
-      inbound: i.inbound,
-      outbound: i.outbound,
+      // `ovs: native` (src/core/ovs-native.ts): the directions OVS enforces come back as such, no tc for them.
+      ovs: !!i.ovs,
+      inbound: i.inbound ?? i.ovs?.inbound,
+      outbound: i.outbound ?? i.ovs?.outbound,
+      ...(i.ovs ? { ovsNative: (["inbound", "outbound"] as const).filter((d) => i.ovs?.[d]) } : {}),
       notEnforceable: i.notEnforceable,
       group: i.group,
     })),
@@ -217,11 +343,14 @@ export async function collectStatus(
       }
     }
   }
-  return rows;
+  rows.push(...(await ovsStatusRows(runner, records, observed))); // `ovs: native`: checked against OVSDB
+  return markContested(rows, readContested(runDir));
 }
 
 export function statusTable(rows: StatusRow[]): string {
   if (!rows.length) return "nothing is shaped by virtqos";
+  // The CONTESTED column only when the agent reports something contested: the usual table stays as it was.
+  const anyContested = rows.some((r) => r.contested?.length);
   const header = [
     "GUEST",
     "MAC",
@@ -233,7 +362,17 @@ export function statusTable(rows: StatusRow[]): string {
     "DROPS",
     "OVERLIMITS",
     "MATCH",
+    ...(anyContested ? ["CONTESTED"] : []),
   ];
+  const contested = (r: StatusRow) =>
+    r.contested?.length
+      ? `YES: ${r.contested
+          .map(
+            (c) =>
+              `${c.object}${c.dev !== r.dev ? ` on ${c.dev}` : ""} since ${timeOfDay(c.since)}, ${c.drifts} drift${c.drifts === 1 ? "" : "s"}`,
+          )
+          .join("; ")}`
+      : "no";
   const rate = (x: { rateBitsPerSec?: number; floorBitsPerSec?: number } | undefined) =>
     x?.rateBitsPerSec
       ? `${formatRate(x.rateBitsPerSec)}${x.floorBitsPerSec !== undefined ? ` (floor ${formatRate(x.floorBitsPerSec)})` : ""}`
@@ -249,6 +388,13 @@ export function statusTable(rows: StatusRow[]): string {
     String(r.drops),
     String(r.overlimits),
     r.matches ? "yes" : `NO${r.note ? ` (${r.note})` : ""}`,
+    ...(anyContested ? [contested(r)] : []),
   ]);
   return formatTable([header, ...table]);
+}
+
+/** "14:03:27" (local time) of an ISO time; the text itself if it is not one. */
+function timeOfDay(iso: string): string {
+  const t = new Date(iso);
+  return Number.isNaN(t.getTime()) ? iso : t.toTimeString().slice(0, 8);
 }

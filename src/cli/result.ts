@@ -28,6 +28,8 @@ export function summarise(r: ReconcileResult, dryRun: boolean): string {
     ...r.rendered.ipPre.map((l) => `ip ${l}`),
     ...r.rendered.tc.map((l) => `tc ${l}`),
     ...r.rendered.ipPost.map((l) => `ip ${l}`),
+    // `ovs: native`: one ovs-vsctl transaction (two when a port goes back to tc), its arguments as run.
+    ...(r.ovsVsctl ?? []).map((args) => `ovs-vsctl ${args.map(shellWord).join(" ")}`),
   ];
   lines.push(ops.length ? `${dryRun ? "would run" : "ran"} ${ops.length} operation(s):` : "no change needed");
   for (const l of ops) lines.push(`  ${l}`);
@@ -45,7 +47,16 @@ export function resultJson(r: ReconcileResult) {
     // Diagnostics with the catalogue's fix (docs/errors.md): notes are warnings and infos, problems errors.
     notes: r.plan.notes.map(withFix),
     problems: r.plan.problems.map(withFix),
-    operations: { ip: [...r.rendered.ipPre, ...r.rendered.ipPost], tc: r.rendered.tc },
+    operations: {
+      ip: [...r.rendered.ipPre, ...r.rendered.ipPost],
+      tc: r.rendered.tc,
+      ...(r.ovsVsctl ? { ovsVsctl: r.ovsVsctl } : {}),
+    },
     failure: r.failure && { ...r.failure, fix: ERRORS[r.failure.code].fix },
   };
+}
+
+/** An argument as a shell would need it to be typed again (for reading only: nothing runs this text). */
+function shellWord(a: string): string {
+  return /^[\w@%+=:,./{}-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`;
 }

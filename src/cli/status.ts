@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { loadPolicy } from "../adapters/policy-load.js";
 import { type PruneResult, pruneGone } from "../app/prune.js";
-import { collectStatus, statusTable } from "../app/status.js";
+import { collectStatus, inForce, statusTable } from "../app/status.js";
 import { EXIT } from "../core/errors.js";
 import { cliLogger, context, engineContext, globals, out } from "./context.js";
 
@@ -11,7 +11,7 @@ export function addStatusCommand(program: Command): void {
   program
     .command("status")
     .description(
-      "every shaped interface: guest, device, direction, configured vs kernel, bytes, drops, overlimits, match",
+      "every shaped interface: guest, device, direction, configured vs kernel, bytes, drops, overlimits, match, contested",
     )
     .option("--json", "machine-readable output")
     .option(
@@ -39,6 +39,8 @@ export function addStatusCommand(program: Command): void {
       out(g, pruned ? { interfaces: rows, pruned } : { interfaces: rows }, statusTable(rows));
       await log.close();
       const pruneFailed = pruned?.some((p) => !p.ok) ?? false;
-      process.exitCode = rows.every((r) => r.matches) && !pruneFailed ? EXIT.OK : EXIT.MISMATCH;
+      // A contested row (the running agent's drift repair keeps finding it undone) is not held in force even
+      // when the kernel matches at this instant: exit 4, like a mismatch.
+      process.exitCode = rows.every(inForce) && !pruneFailed ? EXIT.OK : EXIT.MISMATCH;
     });
 }

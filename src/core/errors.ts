@@ -138,6 +138,20 @@ export const ERRORS = {
       "Another tool's filter sits on the hook virtqos redirects from, at a priority the kernel evaluates first (libvirt's own `<bandwidth>` police filter is one): it would take the traffic before virtqos sees it, so virtqos does not shape that interface.",
     fix: "Remove the other filter (the message gives the exact `tc filter del` line) and apply again, or leave the interface to that tool; for libvirt, move the limit from `<bandwidth>` to virtqos metadata or the policy file.",
   },
+  OVS_QOS_FOREIGN: {
+    exitCode: 3,
+    httpStatus: 409,
+    summary:
+      "`ovs: native`: the Open vSwitch port already has a QoS row, or its interface ingress policing, that virtqos did not create (libvirt's own `<bandwidth>` on an OVS port makes both); virtqos changes nothing for that interface (neither OVSDB nor its tc objects).",
+    fix: "Remove the other setting if nothing else needs it (the message gives the `ovs-vsctl` command), or leave the port to it; for libvirt, move the limit from `<bandwidth>` to virtqos metadata or the policy file.",
+  },
+  OVSDB_FAILED: {
+    exitCode: 3,
+    httpStatus: 503,
+    summary:
+      "`ovs: native`: reading or changing OVSDB with `ovs-vsctl` failed (not installed, ovsdb-server not reachable, the transaction refused, or no answer within its timeout); the Open vSwitch side of the interfaces concerned was not changed.",
+    fix: "The message quotes ovs-vsctl's error: start Open vSwitch (`systemctl start openvswitch-switch`), then `virtqos apply` (or restart the guest).",
+  },
   IFB_UNAVAILABLE: {
     exitCode: 3,
     httpStatus: 503,
@@ -197,6 +211,27 @@ export const ERRORS = {
     summary:
       "A warning: a burst was lowered to the deepest bucket tc can express, or a police burst raised to hold a 64 KiB GSO packet.",
     fix: "Nothing to do; a burst within the bounds the message names silences it.",
+  },
+  OVS_NATIVE_FALLBACK: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: with `ovs: native`, a direction of an interface on an Open vSwitch port is still enforced by virtqos's tc objects: guest upload where the kernel lacks the police action OVS's ingress policing needs (shaped through an IFB instead), or a group member (a group is one tc tree shared across ports).",
+    fix: "Nothing to do; for OVS to police guest upload, use a kernel with the police action (CONFIG_NET_ACT_POLICE; `virtqos doctor` lists the actions).",
+  },
+  OVS_NATIVE_ADJUSTED: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: part of a limit has no equivalent in Open vSwitch's QoS (`ovs: native`): a peak above the average (OVS holds the port to the average), or an upload rate that is not a whole kbit/s (ingress policing is set in kbit/s, rounded).",
+    fix: "Nothing to do; the message says what OVS enforces instead. Use `ovs: tc` for peaks.",
+  },
+  OVS_PORT_ABSENT: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A note: with `ovs: native`, the interface's port is not in OVSDB (yet, or any more); nothing was set on it now.",
+    fix: "Nothing to do: the hook's `started begin` (or the next `virtqos apply`) sets it once libvirt has added the port.",
   },
   GROUP_ORPHANED: {
     exitCode: 0,

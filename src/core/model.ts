@@ -1,3 +1,5 @@
+import type { Diagnostic } from "./errors.js";
+
 // The data virtqos reasons about. Directions are always from the guest's point of view, as in libvirt:
 // "inbound" = guest download (host transmits to the guest), "outbound" = guest upload.
 
@@ -118,6 +120,16 @@ export interface DesiredInterface {
   group?: GroupMembership;
   /** Directions that were given only a floor, outside any group: a guarantee there limits nothing. */
   floorOnly?: Direction[];
+  /**
+   * Directions Open vSwitch enforces (policy `ovs: native`, src/core/ovs-native.ts): the planner makes no tc
+   * objects for them and records them under the interface's `ovs`.
+   */
+  ovsNative?: Direction[];
+  /**
+   * Found before planning: this interface must not change now (`ovs: native`: another tool's QoS on its port,
+   * OVSDB not readable). The planner reports it and fails the interface whole, like its own problems.
+   */
+  problem?: Diagnostic;
 }
 
 export interface GroupMembership {
@@ -171,6 +183,13 @@ export interface RecordInterface {
   outbound?: DirectionLimit;
   group?: GroupMembership;
   notEnforceable?: string;
+  /**
+   * Directions Open vSwitch enforces for this interface (`ovs: native`), with the limit asked for: a QoS row
+   * (download) and ingress policing (upload) on the port named like `dev`, tagged in OVSDB with
+   * `external_ids:virtqos-owner=<domain uuid>/<mac>` (src/core/ovs-native.ts). `inbound`/`outbound` above are
+   * only what virtqos's tc objects enforce.
+   */
+  ovs?: { inbound?: DirectionLimit; outbound?: DirectionLimit };
 }
 
 /** Who made the last change to a state record, and when. */

@@ -200,6 +200,43 @@ export async function ensureLibvirt(
   return { ...avail, ovs, setupLog };
 }
 
+/**
+ * Restart the host's Open vSwitch (ovsdb-server and ovs-vswitchd) the way scripts/setup-libvirt.sh --ovs
+ * started it: `systemctl restart openvswitch-switch` where systemd is PID 1, otherwise ovs-ctl with the
+ * daemons' clean environment. Waits until ovs-vsctl answers again; returns the wall time in ms (the
+ * command and that wait).
+ */
+export async function restartOvs(): Promise<number> {
+  const t0 = performance.now();
+  const pid1 = await readFile("/proc/1/comm", "utf8").catch(() => "");
+  if (pid1.trim() === "systemd" && existsSync("/run/systemd/system")) {
+    await runOk("systemctl", ["restart", "openvswitch-switch.service"], { timeoutMs: 120_000 });
+  } else {
+    await runOk(
+      "env",
+      [
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG=C.UTF-8",
+        "HOME=/root",
+        "/usr/share/openvswitch/scripts/ovs-ctl",
+        "restart",
+        // Keeps the system id setup.sh's `start --system-id=random` wrote (/etc/openvswitch/system-id.conf).
+        "--system-id=random",
+      ],
+      { timeoutMs: 120_000 },
+    );
+  }
+  const deadline = performance.now() + 60_000;
+  for (;;) {
+    const a = await ovsAvailable();
+    if (a.ok) break;
+    if (performance.now() > deadline) throw new Error(`Open vSwitch not back after a restart: ${a.reason}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return performance.now() - t0;
+}
+
 /** Stop and start libvirtd (hooks are re-scanned); returns the wall time in ms. */
 export async function restartLibvirtd(): Promise<number> {
   const t0 = performance.now();

@@ -1,16 +1,20 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { type KernelWatch, preciseNow, watchKernel } from "../../src/adapters/kernel-watch.js";
 import type { Logger } from "../../src/adapters/log.js";
 import { loadRecords } from "../../src/adapters/state.js";
-import { Repairer, type RepairerOptions, type RepairReport } from "../../src/agent/repair.js";
+import { socketAuthenticator } from "../../src/agent/api/listen.js";
+import { buildApi } from "../../src/agent/api/server.js";
+import { Repairer, type RepairerOptions, type RepairReport, withContested } from "../../src/agent/repair.js";
 import { LocalService } from "../../src/agent/service.js";
-import type { Principal } from "../../src/agent/types.js";
+import type { Health, Principal } from "../../src/agent/types.js";
 import { pruneGone } from "../../src/app/prune.js";
-import { collectStatus } from "../../src/app/status.js";
+import { collectStatus, contestedPath, readContested, type StatusRow } from "../../src/app/status.js";
 import { emptyPolicy } from "../../src/core/policy.js";
 import { run, sleep, spawnBackground } from "../../src/lab/exec.js";
 import { MemorySource } from "../../src/lab/memory-source.js";
@@ -33,6 +37,32 @@ import {
 // process fighting virtqos must end in bounded, backed-off repairs; a tap gone for good is pruned after the
 // grace period. Repair time is measured from just before the drifting command is spawned to the end of the
 // repair (the re-apply's tc batch has returned).
+
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
+/** `virtqos ARGS` from source, as its own process (what an operator runs next to the agent). */
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/main.ts"), ...args], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (b: Buffer) => out.push(b));
+    child.stderr.on("data", (b: Buffer) => err.push(b));
+    const killer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(killer);
+      resolve({
+        code,
+        stdout: Buffer.concat(out).toString("utf8"),
+        stderr: Buffer.concat(err).toString("utf8"),
+      });
+    });
+  });
+}
 
 const WITHIN_MS = 1000;
 const OP: Principal = { name: "test-operator", role: "operator", via: "token" };
@@ -370,12 +400,74 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
     const errs = errors(r);
     assert.equal(errs.length, 1, `one ERROR: ${errs.join(" | ")}`);
     assert.match(errs[0], new RegExp(`^drift contested: dev=${g.tap} object=root qdisc guest=rep2`));
+
+    // What another process sees: <runDir>/contested.json, `virtqos status --json` (exit 4) and /v1/health.
+    const [persisted, ...more] = readContested(h.runDir);
+    assert.deepEqual(more, [], "one contested object in the file");
+    assert.equal(persisted?.dev, g.tap);
+    assert.equal(persisted.object, "root qdisc");
+    assert.deepEqual(persisted.domains, [{ name: "rep2", uuid }]);
+    assert.ok(persisted.drifts >= 1, `drifts ${persisted.drifts}`);
+    assert.ok(
+      Date.parse(persisted.since) >= Date.now() - wallMs - 5000 && Date.parse(persisted.since) <= Date.now(),
+    );
+    const st = await cli([
+      "--run-dir",
+      h.runDir,
+      "--state-dir",
+      stateDir,
+      "--config",
+      join(stateDir, "no-policy.yaml"),
+      "--netns",
+      ns(),
+      "status",
+      "--json",
+    ]);
+    assert.equal(st.code, 4, `status exits 4 while something is contested: ${st.stderr}`);
+    const rows = (JSON.parse(st.stdout) as { interfaces: StatusRow[] }).interfaces;
+    const rep2 = rows.filter((x) => x.domainUuid === uuid);
+    assert.equal(rep2.length, 2, "both directions of rep2's interface");
+    for (const x of rep2) {
+      assert.deepEqual(
+        x.contested?.map((c) => [c.dev, c.object]),
+        [[g.tap, "root qdisc"]],
+        `${x.direction}: ${JSON.stringify(x)}`,
+      );
+    }
+    const others = rows.filter((x) => x.domainUuid !== uuid);
+    assert.ok(others.length > 0);
+    assert.ok(
+      others.every((x) => x.contested === undefined),
+      JSON.stringify(others.filter((x) => x.contested)),
+    );
+    const plainHealth = service.health.bind(service);
+    service.health = withContested(plainHealth, h.runDir); // as src/agent/main.ts does
+    const api = buildApi({ service, auth: socketAuthenticator() });
+    try {
+      const res = await api.inject({ method: "GET", url: "/v1/health" });
+      assert.equal(res.statusCode, 200, res.body);
+      const health = res.json() as Health;
+      assert.deepEqual(
+        health.contested?.map((c) => ({ dev: c.dev, object: c.object, domains: c.domains })),
+        [{ dev: g.tap, object: "root qdisc", domains: [{ name: "rep2", uuid }] }],
+      );
+      const [c] = health.contested ?? [];
+      assert.ok(c.drifts >= 1 && c.backoffMs >= 1000 && c.since === persisted.since, JSON.stringify(c));
+      t.diagnostic(`/v1/health contested: ${JSON.stringify(c)}`);
+    } finally {
+      await api.close();
+      service.health = plainHealth;
+    }
     // Once the other party stops, the backed-off repair still comes and puts it right.
     const deadline = Date.now() + 20_000;
     while (!(await matches(uuid)) && Date.now() < deadline) await sleep(250);
     assert.ok(await matches(uuid), "repaired once the fight is over");
     assert.equal(await state(g), baseline);
     t.diagnostic(`repairs in all: ${r.reports.filter((x) => x.domainUuid === uuid).length}`);
+    // Contested for 5 min after the last drift; an agent that stops leaves nothing behind saying so.
+    assert.equal(readContested(h.runDir).length, 1, "still contested once repaired");
+    r.repairer.close();
+    assert.ok(!existsSync(contestedPath(h.runDir)), "the repairer closed: contested.json removed");
   });
 
   test("a tap gone for good: record and IFB pruned after the grace period, status matches", async (t) => {

@@ -28,6 +28,7 @@ const VARS = [
   "VIRTQOS_LOG",
   "VIRTQOS_NETNS",
   "VIRTQOS_BOOT_ID",
+  "VIRTQOS_OVSDB",
 ];
 
 describe("config: defaults and overrides", () => {

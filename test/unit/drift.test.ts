@@ -7,7 +7,15 @@ import {
   parseTcLine,
 } from "../../src/adapters/kernel-watch.js";
 import { parseMonitorLine, showCell } from "../../src/adapters/ovsdb-watch.js";
-import { type Batch, Coalescer, DriftPolicy, driftKey, type Timers } from "../../src/agent/drift.js";
+import {
+  type Batch,
+  Coalescer,
+  DriftPolicy,
+  driftKey,
+  OvsSettler,
+  type Settled,
+  type Timers,
+} from "../../src/agent/drift.js";
 
 // The drift policy and the coalescer against a hand-driven clock, and the watches' line parsers against
 // lines captured from iproute2 6.1 and ovsdb-client 3.1 (the formats are in the adapters' header comments).
@@ -242,6 +250,241 @@ describe("DriftPolicy", () => {
   });
 });
 
+describe("DriftPolicy: drifts explained by Open vSwitch", () => {
+  test("OVS-explained relapses never make an object contested, however many", () => {
+    const c = clock();
+    const p = new DriftPolicy({ now: c.now });
+    const k = "vnet3|ingress redirect";
+    // Guest start, another port added, ovs-vswitchd restarted: OVS re-creates the port's ingress qdisc
+    // several times per reconfiguration, and every repair in between is undone by the next pass.
+    for (let i = 0; i < 20; i++) {
+      const d = p.drift(k, "missing ingress redirect (ovs add-port)", { explained: true });
+      assert.deepEqual(
+        d,
+        { action: "repair", key: k, contested: false, newlyContested: false },
+        `drift ${i}`,
+      );
+      p.repaired(k);
+      c.advance(300);
+    }
+    assert.deepEqual(p.contested(), []);
+    assert.equal(p.isContested(k), false);
+  });
+
+  test("unexplained relapses still do; explained ones between them neither count nor reset them", () => {
+    const c = clock();
+    const p = new DriftPolicy({ now: c.now });
+    const k = "vnet3|root qdisc";
+    p.drift(k, "missing root qdisc (tc qdisc del)");
+    p.repaired(k);
+    c.advance(S);
+    p.drift(k, "missing root qdisc (ovs add-port)", { explained: true });
+    p.repaired(k);
+    c.advance(S);
+    assert.equal(p.drift(k, "missing root qdisc (tc qdisc del)").newlyContested, false, "relapse 1");
+    p.repaired(k);
+    c.advance(S);
+    p.drift(k, "missing root qdisc (ovs-vswitchd restart)", { explained: true });
+    p.repaired(k);
+    c.advance(100);
+    const d = p.drift(k, "missing root qdisc (tc qdisc del)");
+    assert.equal(d.newlyContested, true, "relapse 2: another tool keeps changing it");
+    assert.equal(d.action, "later");
+    const [o] = p.contested();
+    assert.equal(o.key, k);
+    assert.equal(o.drifts, 1);
+  });
+
+  test("a contested object: an explained drift keeps the back-off, is not counted, does not prolong the contest", () => {
+    const c = clock();
+    const p = new DriftPolicy({ now: c.now });
+    const k = "vnet3|root qdisc";
+    for (let i = 0; i < 3; i++) {
+      p.drift(k, "x");
+      p.repaired(k);
+      c.advance(S);
+    }
+    assert.equal(p.isContested(k), true);
+    const lastCounted = p.contested()[0].lastDriftAt;
+    const drifts = p.contested()[0].drifts;
+    c.advance(2 * S);
+    const d = p.drift(k, "missing root qdisc (ovs add-port)", { explained: true });
+    assert.equal(d.contested, true);
+    assert.equal(d.newlyContested, false);
+    // The other party is still around: its repairs keep their pace.
+    assert.equal(d.action, "repair", "the back-off since the last repair has passed");
+    p.repaired(k);
+    c.advance(100);
+    assert.equal(p.drift(k, "y", { explained: true }).action, "later", "within the back-off");
+    const [o] = p.contested();
+    assert.equal(o.drifts, drifts, "explained drifts are not counted");
+    assert.equal(
+      o.lastDriftAt,
+      lastCounted,
+      "the contest's calm period runs from the last unexplained drift",
+    );
+    // Explained drifts every minute do not keep it contested: 5 min after the last unexplained one it ends.
+    for (let i = 0; i < 5; i++) {
+      c.advance(60 * S);
+      p.drift(k, "z", { explained: true });
+      p.repaired(k);
+    }
+    assert.equal(p.isContested(k), false);
+  });
+});
+
+describe("OvsSettler: waiting out Open vSwitch's reconfigurations", () => {
+  type Cause = "ovs add-port" | "ovs-vswitchd restart" | "ovs qos change";
+  const RANK: Cause[] = ["ovs-vswitchd restart", "ovs add-port", "ovs qos change"];
+
+  function settler(o: { settleMs?: number; capMs?: number; hintMs?: number; leadMs?: number } = {}) {
+    const ft = fakeTimers();
+    const out: (Settled<Cause, string> & { at: number })[] = [];
+    const s = new OvsSettler<Cause, string>((x) => out.push({ ...x, at: ft.timers.now() }), {
+      ...o,
+      rank: (c) => RANK.indexOf(c),
+      timers: ft.timers,
+    });
+    return { s, out, ...ft };
+  }
+
+  test("held until neither OVSDB nor the port's qdiscs changed for 300 ms; explained by the add-port", () => {
+    const { s, out, advance } = settler();
+    // The timeline of a port added next to a policed port (ms): OVSDB shows the new port, and ovs-vswitchd
+    // re-creates the policed port's ingress qdisc three times, 300-700 ms apart.
+    s.ovsEvent("ovs add-port"); // 0: the new Port row (explains changes on every OVS port)
+    s.kernelChange("vnet0"); // 0: ingress qdisc re-created
+    advance(50);
+    s.hold("vnet0", "tc qdisc del", 0); // the coalesced events
+    assert.equal(s.holding("vnet0"), true);
+    advance(200);
+    s.kernelChange("vnet0"); // 250
+    s.kernelChange("vnet9"); // another port's change does not hold this one
+    advance(249);
+    assert.equal(out.length, 0, "not 300 ms quiet yet");
+    s.ovsEvent(); // 499: OVSDB not quiet (an event without a cause: a port deleted elsewhere)
+    advance(250);
+    s.kernelChange("vnet0"); // 749
+    advance(299);
+    assert.equal(out.length, 0);
+    advance(1);
+    assert.equal(out.length, 1);
+    const [r] = out;
+    assert.equal(r.at, 1049, "300 ms after the port's last change");
+    assert.equal(r.port, "vnet0");
+    assert.deepEqual(r.items, ["tc qdisc del"]);
+    assert.equal(r.since, 0);
+    assert.equal(r.explained?.cause, "ovs add-port");
+    assert.equal(r.capped, false);
+    assert.equal(s.holding("vnet0"), false);
+  });
+
+  test("the cap: a port OVS keeps changing is handed over 2 s after its first change, then held again", () => {
+    const { s, out, advance } = settler();
+    s.ovsEvent("ovs-vswitchd restart");
+    s.hold("vnet1", "a", 0);
+    for (let t = 0; t < 3000; t += 100) {
+      s.kernelChange("vnet1");
+      if (t === 500) s.hold("vnet1", "b", 500); // more events: the same hold, its cap from the first
+      advance(100);
+    }
+    assert.equal(out.length, 1, "one hand-over at the cap");
+    assert.equal(out[0].at, 2000);
+    assert.deepEqual(out[0].items, ["a", "b"]);
+    assert.equal(out[0].capped, true);
+    assert.equal(out[0].explained?.cause, "ovs-vswitchd restart");
+    // A check that finds the port wrong now holds again only up to the same cap: not at all.
+    assert.equal(s.wouldHold("vnet1", 0), false);
+    // A change seen later starts a new hold, with a cap of its own.
+    assert.equal(s.wouldHold("vnet1", 2900), true);
+  });
+
+  test("the kernel change before the OVSDB event: held for it, attributed to OVS", () => {
+    const { s, out, advance } = settler();
+    // ovs-vswitchd re-creates the port's ingress qdisc 120 ms before OVSDB shows the new port.
+    s.kernelChange("vnet0"); // 0
+    advance(50);
+    s.hold("vnet0", "tc qdisc del", 0);
+    advance(70);
+    s.ovsEvent("ovs add-port"); // 120
+    advance(299);
+    assert.equal(out.length, 0);
+    advance(1);
+    assert.equal(out.length, 1);
+    assert.equal(out[0].at, 420, "300 ms after OVSDB's event");
+    assert.equal(out[0].explained?.cause, "ovs add-port");
+  });
+
+  test("no OVS event: held 500 ms for one, then handed over unexplained (a tc qdisc del by someone)", () => {
+    const { s, out, advance } = settler();
+    s.kernelChange("vnet0");
+    advance(50);
+    s.hold("vnet0", "tc qdisc del", 0);
+    advance(449);
+    assert.equal(out.length, 0);
+    advance(1);
+    assert.equal(out.length, 1);
+    assert.equal(out[0].at, 500);
+    assert.equal(out[0].explained, undefined);
+    // An OVS event afterwards does not explain what was handed over before it...
+    advance(100);
+    s.ovsEvent("ovs add-port");
+    assert.equal(s.explain("vnet0", 0, 550), undefined);
+    // ... but does explain a change within 5 s after it, and not after that.
+    assert.equal(s.explain("vnet0", 600 + 4900)?.cause, "ovs add-port");
+    advance(6000);
+    assert.equal(s.explain("vnet0", 600 + 5100), undefined);
+  });
+
+  test("an OVS event about one port explains changes on that port only; a restart outranks an add-port", () => {
+    const { s, advance } = settler();
+    s.ovsEvent("ovs qos change", "vnet0");
+    assert.equal(s.explain("vnet0", 0)?.cause, "ovs qos change");
+    assert.equal(s.explain("vnet1", 0), undefined);
+    advance(10);
+    s.ovsEvent("ovs add-port");
+    assert.equal(s.explain("vnet1", 10)?.cause, "ovs add-port");
+    assert.equal(s.explain("vnet0", 10)?.cause, "ovs add-port", "the better cause");
+    advance(10);
+    s.ovsEvent("ovs-vswitchd restart");
+    advance(10);
+    s.ovsEvent("ovs add-port");
+    assert.equal(s.explain("vnet0", 30)?.cause, "ovs-vswitchd restart");
+  });
+
+  test("wouldHold: a drift found on a port OVS is still changing waits; one on a settled port does not", () => {
+    const { s, out, advance, pending } = settler();
+    s.ovsEvent("ovs add-port");
+    advance(1000);
+    assert.equal(s.wouldHold("vnet0", 1000), false, "explained, OVSDB and the port quiet for 1 s");
+    s.kernelChange("vnet0");
+    advance(100);
+    assert.equal(s.wouldHold("vnet0", 1100), true, "changed 100 ms ago");
+    advance(200);
+    assert.equal(s.wouldHold("vnet0", 1100), false);
+    s.hold("vnet0", "x", 1300);
+    assert.equal(out.length, 1, "handed over at once: settled and explained");
+    s.clear();
+    assert.equal(pending.size, 0);
+  });
+
+  test("clear() drops what is held; flushAll() hands it over now", () => {
+    const { s, out, advance, pending } = settler();
+    s.hold("a", "x", 0);
+    s.clear();
+    advance(5000);
+    assert.equal(out.length, 0);
+    assert.equal(pending.size, 0);
+    s.hold("b", "y", 5000);
+    s.flushAll();
+    assert.deepEqual(
+      out.map((o) => [o.port, o.items]),
+      [["b", ["y"]]],
+    );
+    assert.equal(pending.size, 0);
+  });
+});
+
 describe("Coalescer", () => {
   test("events about one device within 50 ms become one request; another device gets its own", () => {
     const { timers, advance } = fakeTimers();
@@ -299,7 +542,7 @@ describe("Coalescer", () => {
     co.push("a", "x");
     co.clear();
     advance(1000);
-    assert.deepEqual(out, []);
+    assert.equal(out.length, 0);
     assert.equal(pending.size, 0);
   });
 });

@@ -127,6 +127,7 @@ describe("a valid policy", () => {
       strict: false,
       upload: "shape",
       leaf: "auto",
+      ovs: "tc",
       defaults: {},
       domains: [],
       groups: [],

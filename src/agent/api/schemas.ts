@@ -14,6 +14,7 @@ import {
 import type {
   AuditEntry,
   AuditQuery,
+  ContestedObjectView,
   DirectionView,
   DomainSummary,
   Health,
@@ -391,6 +392,37 @@ export const AuditEntrySchema = named(
   ),
 );
 
+export const ContestedObjectSchema = named(
+  "ContestedObject",
+  Type.Object(
+    {
+      dev: Type.String({ description: "The device: a guest's tap, an interface's IFB or a group's IFB." }),
+      object: Type.String({ description: 'What on it: "root qdisc", "ingress redirect", "ifb", ...' }),
+      domains: Type.Array(
+        Type.Object({ name: Type.String(), uuid: Type.String() }, { additionalProperties: false }),
+        {
+          description: "The guests whose shaping it is.",
+        },
+      ),
+      since: Type.String({ description: "When it became contested (ISO 8601, UTC)." }),
+      lastDriftAt: Type.String({ description: "When a check last found it changed." }),
+      drifts: Type.Integer({
+        minimum: 0,
+        description: "Times found changed again since it became contested.",
+      }),
+      backoffMs: Type.Integer({ minimum: 0, description: "How long the agent now waits between repairs." }),
+      nextRepairAt: Type.Optional(Type.String({ description: "When the next repair is due, if one waits." })),
+      until: Type.String({ description: "When it stops being contested unless it is changed again." }),
+      reasons: Type.Array(Type.String(), { description: "What the checks said, most recent last." }),
+    },
+    {
+      additionalProperties: false,
+      description:
+        "A kernel object another tool keeps changing back after the agent's drift repair; repairs back off.",
+    },
+  ),
+);
+
 export const HealthSchema = named(
   "Health",
   Type.Object(
@@ -412,6 +444,11 @@ export const HealthSchema = named(
       ),
       queueDepth: Type.Integer({ minimum: 0 }),
       uptimeSeconds: Type.Number({ minimum: 0 }),
+      contested: Type.Optional(
+        Type.Array(ContestedObjectSchema, {
+          description: "Objects the drift repair finds contested; [] for none.",
+        }),
+      ),
     },
     { additionalProperties: false },
   ),
@@ -538,6 +575,7 @@ export type SchemaTypeChecks = [
   Assert<Same<Static<typeof DomainSummarySchema>, DomainSummary>>,
   Assert<Same<Static<typeof AuditEntrySchema>, AuditEntry>>,
   Assert<Same<Static<typeof HealthSchema>, Health>>,
+  Assert<Same<Static<typeof ContestedObjectSchema>, ContestedObjectView>>,
   Assert<Same<Static<typeof RateInputSchema>, RateInput>>,
   Assert<Same<Static<typeof PersistSchema>, Persist>>,
   Assert<Same<Required<Static<typeof AuditQuerySchema>>, Required<AuditQuery>>>,

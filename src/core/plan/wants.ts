@@ -50,6 +50,8 @@ export function interfaceWants(
     };
     out.records.set(d.domainUuid, record);
     const label = `${d.domainName} ${d.mac}${d.dev ? ` (${d.dev})` : ""}`;
+    // Refused before planning (src/core/ovs-native.ts): its wants are made as usual, then voided with it.
+    if (d.problem) out.problems.push(d.problem);
     if (d.notEnforceable) {
       if (!d.inbound && !d.outbound && !d.group) continue;
       out.notes.push({
@@ -87,6 +89,8 @@ export function interfaceWants(
     const ctx: IfaceContext = { d, dev: d.dev, label, want, caps, leafChoice, out, frameBytes };
     // What is really enforced per direction, for the record (a refused member falls back to its own limit).
     const applied: { inbound?: DirectionLimit; outbound?: DirectionLimit } = {};
+    // Directions Open vSwitch enforces (`ovs: native`): no tc objects here, recorded apart (src/core/ovs-native.ts).
+    const byOvs: { inbound?: DirectionLimit; outbound?: DirectionLimit } = {};
     const recordGroup: GroupMembership | undefined = d.group
       ? { ...d.group, inbound: undefined, outbound: undefined }
       : undefined;
@@ -105,6 +109,10 @@ export function interfaceWants(
       }
       const limit = ownLimit(d, direction);
       if (!limit) continue;
+      if (d.ovsNative?.includes(direction)) {
+        byOvs[direction] = limit;
+        continue;
+      }
       applied[direction] = limit;
       const policed = limit.mode === "police" && direction === "outbound" && side !== "root";
       if (!policed) warnBurstLowered(ctx, direction, limit);
@@ -125,6 +133,7 @@ export function interfaceWants(
       inbound: applied.inbound,
       outbound: applied.outbound,
       group: recordGroup?.inbound || recordGroup?.outbound ? recordGroup : undefined,
+      ...(byOvs.inbound || byOvs.outbound ? { ovs: byOvs } : {}),
     });
   }
   return out;

@@ -11,6 +11,7 @@ export type { GroupLimit, GroupSpec } from "../admission.js";
 export type {
   LeafChoice,
   LogLevel,
+  OvsMode,
   Policy,
   PolicyDirection,
   PolicyDomainRule,

@@ -26,6 +26,7 @@ import {
   emptyPolicy,
   type LeafChoice,
   type LogLevel,
+  type OvsMode,
   type Policy,
   type PolicyDirection,
   type PolicyProblem,
@@ -197,6 +198,7 @@ export function policyFromYaml(source: PolicySource & { raw: Record<string, unkn
     strict: (obj.strict as boolean | undefined) ?? false,
     upload: (obj.upload as UploadMode | undefined) ?? "shape",
     leaf: (obj.leaf as LeafChoice | undefined) ?? "auto",
+    ovs: (obj.ovs as OvsMode | undefined) ?? "tc",
     defaults: directions(obj.defaults as Record<string, unknown> | undefined, ["defaults"]),
   };
   if (obj.hookTimeout !== undefined) {

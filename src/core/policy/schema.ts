@@ -86,6 +86,7 @@ const PolicySchema = Type.Object(
     leaf: Type.Optional(
       Type.Union([Type.Literal("auto"), Type.Literal("fq_codel"), Type.Literal("sfq"), Type.Literal("fifo")]),
     ),
+    ovs: Type.Optional(Type.Union([Type.Literal("tc"), Type.Literal("native")])),
     defaults: Type.Optional(Type.Object(Directions, { additionalProperties: false })),
     domains: Type.Optional(Type.Array(DomainSchema)),
     groups: Type.Optional(Type.Array(GroupSchema)),
@@ -132,6 +133,10 @@ function bestErrors(schema: TSchema, value: unknown): SchemaProblem[] {
         if (field === "inbound" || field === "outbound") {
           message = "must be `unlimited` or a mapping of average/peak/burst/floor";
           fix = `write e.g. \`${field}: { average: 30mbit }\``;
+        } else if (key === "/ovs") {
+          message = `has an unsupported value ${JSON.stringify(e.value)}; it must be "tc" or "native"`;
+          fix =
+            "write `ovs: tc` (virtqos's own tc objects on Open vSwitch ports, the default) or `ovs: native` (Open vSwitch enforces the limits: QoS rows and ingress policing)";
         } else {
           message = `has an unsupported value ${JSON.stringify(e.value)}`;
           fix = "use one of the values the README lists for this field";

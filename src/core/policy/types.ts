@@ -6,6 +6,12 @@ import type { UploadMode } from "../model.js";
 
 export type LogLevel = "debug" | "info" | "warning" | "error";
 export type LeafChoice = "auto" | "fq_codel" | "sfq" | "fifo";
+/**
+ * `ovs`: who enforces the limits of an interface on an Open vSwitch port. `tc` (default): virtqos's own tc
+ * objects on the tap, as on a Linux bridge. `native`: Open vSwitch itself, through OVSDB (a linux-htb QoS row
+ * with one queue for guest download, the Interface's ingress policing for guest upload; src/core/ovs-native.ts).
+ */
+export type OvsMode = "tc" | "native";
 
 /** A direction's limit in a policy file, converted to base units. `unlimited` overrides lower sources. */
 export type PolicyDirection =
@@ -69,6 +75,8 @@ export interface Policy {
   hookTimeoutMs?: number;
   upload: UploadMode;
   leaf: LeafChoice;
+  /** `ovs`: tc (default) or native; see OvsMode. One setting for the host: README "Open vSwitch: tc or native". */
+  ovs: OvsMode;
   defaults: { inbound?: PolicyDirection; outbound?: PolicyDirection };
   domains: PolicyDomainRule[];
   groups: PolicyGroup[];
@@ -91,6 +99,7 @@ export function emptyPolicy(file = "(none)"): Policy {
     strict: false,
     upload: "shape",
     leaf: "auto",
+    ovs: "tc",
     defaults: {},
     domains: [],
     groups: [],
