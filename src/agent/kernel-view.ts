@@ -82,7 +82,10 @@ export class KernelView implements ScopedObserver {
    * the agent itself just did. A deletion is never taken for an echo.
    */
   onKernelEvent(e: KernelEvent): boolean {
-    const echo = !e.kind.endsWith("-deleted") && !e.kind.startsWith("link-") && this.ownChange(e.dev, e.at);
+    // Stamped on arrival with the same clock as the window: the event's own `at` is the performance clock,
+    // which drifts from Date.now() over days.
+    const echo =
+      !e.kind.endsWith("-deleted") && !e.kind.startsWith("link-") && this.ownChange(e.dev, Date.now());
     // Classes and filters are read anew every time: only a qdisc or a link makes a cached entry stale.
     if (!e.kind.startsWith("qdisc-") && !e.kind.startsWith("link-")) return !echo;
     this.events++;

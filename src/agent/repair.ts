@@ -69,12 +69,13 @@ import type { Health } from "./types.js";
 // (the engine re-plans under the lock and applies only what differs). Each check and repair costs processes
 // (~10 ms of CPU each to spawn on a small host), which is what keeps a fight cheap.
 //
-// Open vSwitch reconfiguring a port is no fight. One port added (or ovs-vswitchd restarted) makes it
-// re-create a policed port's `ingress` qdisc several times within a second or two, often before OVSDB shows
-// why. So a change on an OVS port is checked once OVS has settled on it (OvsSettler in drift.ts: OVSDB and the
-// port's qdiscs quiet for 300 ms, at most 2 s after the first change), and a drift that an OVS event explains
-// (another port added, ovs-vswitchd restarted or reconnected to its database, the port's own rows changed;
-// within 5 s before the change or since) is labelled with that cause and does not count toward "contested".
+// Open vSwitch reconfiguring a port is no fight. One port added or deleted (or ovs-vswitchd restarted) makes
+// it re-create a policed port's `ingress` qdisc several times within a second or two, often before OVSDB
+// shows why. So a change on an OVS port is checked once OVS has settled on it (OvsSettler in drift.ts: OVSDB
+// and the port's qdiscs quiet for 300 ms, at most 2 s after the first change), and a drift that an OVS event
+// explains (another port added or deleted, ovs-vswitchd restarted or reconnected to its database, the port's
+// own rows changed; within 5 s before the change or since) is labelled with that cause and does not count
+// toward "contested".
 //
 // A tap that disappears is not drift (nothing to shape on a device that does not exist). Its interface is
 // watched instead: tap back under the same name (a re-created tap) is re-shaped; still missing after the
@@ -167,6 +168,7 @@ export interface RepairerStats {
 export const CAUSES = [
   "ovs-vswitchd restart",
   "ovs add-port",
+  "ovs del-port",
   "ovs qos change",
   "ovs policing change",
   "tap re-created",
@@ -206,13 +208,15 @@ const KERNEL_CAUSE: Partial<Record<KernelEvent["kind"], DriftCause>> = {
 const OVS_CAUSE: Partial<Record<string, DriftCause>> = {
   "port-added": "ovs add-port",
   "ofport-changed": "ovs add-port",
+  // Deleting a port (a guest stopped) reconfigures the others as adding one does (measured, OVS 3.1).
+  "port-deleted": "ovs del-port",
   "qos-changed": "ovs qos change",
   "policing-changed": "ovs policing change",
   "vswitchd-restart": "ovs-vswitchd restart",
 };
 
 /** OVS events that make ovs-vswitchd reconfigure every port, not only the one named. */
-const OVS_EVERY_PORT = new Set(["port-added", "ofport-changed", "vswitchd-restart"]);
+const OVS_EVERY_PORT = new Set(["port-added", "port-deleted", "ofport-changed", "vswitchd-restart"]);
 
 /** Causes that are Open vSwitch reconfiguring the port: a drift they explain is no fight (DriftFinding). */
 const OVS_CAUSES = new Set<DriftCause>(Object.values(OVS_CAUSE) as DriftCause[]);
@@ -481,7 +485,7 @@ export class Repairer {
     this.ovsPortSet = undefined;
     const cause = OVS_CAUSE[e.kind];
     // Every event means OVSDB is not quiet; one with a cause explains what OVS does to the port, or (a port
-    // added, a restart: ovs-vswitchd reconfigures them all) to every OVS port.
+    // added or deleted, a restart: ovs-vswitchd reconfigures them all) to every OVS port.
     if (!cause || OVS_EVERY_PORT.has(e.kind) || !e.port) this.settler.ovsEvent(cause);
     else this.settler.ovsEvent(cause, e.port);
     if (!cause) return;
@@ -496,7 +500,8 @@ export class Repairer {
       });
       return;
     }
-    if (!e.port || !idx.taps.has(e.port)) return;
+    // A deleted port is a tap going away (its guest stopped), which the kernel watch follows.
+    if (!e.port || e.kind === "port-deleted" || !idx.taps.has(e.port)) return;
     this.coalescer.push(e.port, { cause, at, loss: true });
   }
 
@@ -663,8 +668,8 @@ export class Repairer {
   }
 
   /**
-   * Whether a drift of `key` is OVS reconfiguring its port rather than someone fighting virtqos: an OVS cause,
-   * and the object is on an OVS port (OVS never touches an IFB).
+   * Whether a drift of `key` is OVS reconfiguring its port rather than someone fighting virtqos: an OVS
+   * cause, and the object is on an OVS port (OVS never touches an IFB).
    */
   private explainedBy(key: string, t: Trigger): boolean {
     return OVS_CAUSES.has(t.cause) && this.isOvsPort(key.slice(0, key.indexOf("|")));
