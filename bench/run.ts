@@ -1,4 +1,4 @@
-// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,groups,scale,agent] [--quick] [--full-scale]`, as root.
+// virtqos benchmarks: `npx tsx bench/run.ts [--only accuracy,first-second,latency,hook,groups,scale,agent,drift] [--quick] [--full-scale]`, as root.
 // Prints a table and writes bench/results.json. Exits 0 even when a target is missed: this is a report.
 // `--kernel`: accuracy and latency on Debian's stock kernel in a VM (scripts/kernel-vm.sh), recorded in the same
 // file as `kernel.*` rows plus a `kernel` section (kernel version, durations); other runs keep those.
@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { accuracy } from "./accuracy.js";
 import { agent } from "./agent.js";
 import { type Bench, type BenchResult, errored, removeStaleNamespaces, runAllCleanups } from "./common.js";
+import { drift } from "./drift.js";
 import { firstSecond } from "./first-second.js";
 import { groups } from "./groups.js";
 import { hook } from "./hook.js";
@@ -26,6 +27,7 @@ const BENCHES: Record<string, Bench> = {
   groups,
   scale,
   agent,
+  drift,
 };
 
 /** What `--kernel` measures in the VM unless --only says otherwise. */

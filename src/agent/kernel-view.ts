@@ -35,6 +35,10 @@ const DEV_NAME = /^[A-Za-z0-9_.:@+-]{1,15}$/;
 /** How long after a change through the view the monitors may still report it. */
 const OWN_ECHO_MS = 300;
 
+/** A leaf TBF replace as render() writes it (src/core/tc/render.ts, renderLeaf). */
+const TBF_REPLACE =
+  /^qdisc replace dev (\S+) parent (\S+) handle (\S+) tbf rate (\d+)bit burst (\d+) limit (\d+)$/;
+
 /** Up to this many devices missing from the cache are read one by one; more take one full dump. */
 const PER_DEVICE_READS = 4;
 
@@ -58,6 +62,10 @@ export class KernelView implements ScopedObserver {
   private caching = false;
   /** Devices changed through runner(), and until when (epoch ms) their events are that change's echo. */
   private readonly own = new Map<string, number>();
+  /** Devices whose cached qdiscs were brought up to date from the view's own change (see patchOwn). */
+  private readonly patched = new Set<string>();
+  /** Per device, within the echo window: majors of the qdiscs the view replaced ("7655") and their parents ("7651:1"). */
+  private readonly ownHandles = new Map<string, Set<string>>();
   /** What observeScoped() did, for tests and the benchmark. */
   readonly stats = { scoped: 0, fallbacks: 0, qdiscHits: 0, qdiscReads: 0, dumps: 0 };
 
@@ -84,10 +92,20 @@ export class KernelView implements ScopedObserver {
   onKernelEvent(e: KernelEvent): boolean {
     // Stamped on arrival with the same clock as the window: the event's own `at` is the performance clock,
     // which drifts from Date.now() over days.
-    const echo =
-      !e.kind.endsWith("-deleted") && !e.kind.startsWith("link-") && this.ownChange(e.dev, Date.now());
+    const own = this.ownChange(e.dev, Date.now());
+    // Part of the view's own change: a leaf it replaced by another kind (the old one goes), or the internal
+    // FIFO of a TBF whose limit it changed (tc does not list it; a new one replaces it).
+    const mine = this.ownHandles.get(e.dev);
+    const childOfOwn =
+      e.kind === "qdisc-deleted" &&
+      e.parent !== undefined &&
+      mine !== undefined &&
+      (mine.has(e.parent) || mine.has(e.parent.split(":")[0]));
+    const echo = own && (childOfOwn || (!e.kind.endsWith("-deleted") && !e.kind.startsWith("link-")));
     // Classes and filters are read anew every time: only a qdisc or a link makes a cached entry stale.
     if (!e.kind.startsWith("qdisc-") && !e.kind.startsWith("link-")) return !echo;
+    // The echo of a leaf change whose new state the cache already holds (patchOwn).
+    if (echo && (e.kind === "qdisc-changed" || childOfOwn) && this.patched.has(e.dev)) return false;
     this.events++;
     this.lastEvent.set(e.dev, this.events);
     this.qdiscs.delete(e.dev);
@@ -105,13 +123,75 @@ export class KernelView implements ScopedObserver {
     return until !== undefined && at <= until;
   }
 
+  /**
+   * A live rate change replaces the leaf TBF (its rate follows the class's), and the kernel watch then reports
+   * a qdisc change: without this, every next change of that domain would read the device's qdiscs again, a
+   * walk of every qdisc of the namespace (14 ms at 6000). When the only qdisc lines of a successful batch for a
+   * device are TBF replaces of a qdisc the cache holds, the cache takes their new state from the lines
+   * themselves, as tc reports it back (rate in bytes/s, burst in bytes, lat: the µs its queue holds net of the
+   * burst, which is what the planner compares), and their echo leaves the entry alone. Anything else on the
+   * device (a root or hook qdisc, another kind, a deletion) drops it as before.
+   */
+  private patchOwn(lines: readonly string[]): void {
+    if (!this.caching) return;
+    const updates = new Map<string, ObservedQdisc[] | undefined>();
+    for (const l of lines) {
+      if (!l.startsWith("qdisc ")) continue;
+      const dev = / dev (\S+)/.exec(l)?.[1];
+      if (!dev) continue;
+      const m = TBF_REPLACE.exec(l);
+      const cached = updates.has(dev) ? updates.get(dev) : this.qdiscs.get(dev)?.qdiscs;
+      const i = m && cached ? cached.findIndex((q) => q.handle === m[3] && q.kind === "tbf") : -1;
+      if (!m || !cached || i < 0) {
+        updates.set(dev, undefined);
+        continue;
+      }
+      const rateBytesPerSec = Number(m[4]) / 8;
+      const burstBytes = Number(m[5]);
+      const limitBytes = Number(m[6]);
+      const next = [...cached];
+      next[i] = {
+        ...cached[i],
+        parent: m[2],
+        options: {
+          ...cached[i].options,
+          rate: rateBytesPerSec,
+          burst: burstBytes,
+          lat: Math.round(((limitBytes - burstBytes) / rateBytesPerSec) * 1e6),
+        },
+      };
+      updates.set(dev, next);
+    }
+    for (const [dev, qdiscs] of updates) {
+      if (qdiscs) {
+        this.qdiscs.set(dev, { qdiscs });
+        this.patched.add(dev);
+      } else {
+        this.qdiscs.delete(dev);
+        this.patched.delete(dev);
+      }
+    }
+  }
+
   /** The devices a batch of tc lines changes ("... dev X ..."), and until when their echo may arrive. */
   private noteOwn(lines: readonly string[], sentAt: number): void {
     const now = Date.now();
-    for (const [dev, until] of this.own) if (until < now) this.own.delete(dev);
+    for (const [dev, until] of this.own) {
+      if (until >= now) continue;
+      this.own.delete(dev);
+      this.patched.delete(dev);
+      this.ownHandles.delete(dev);
+    }
     for (const l of lines) {
       const dev = / dev (\S+)/.exec(l)?.[1];
-      if (dev) this.own.set(dev, sentAt + OWN_ECHO_MS);
+      if (!dev) continue;
+      this.own.set(dev, sentAt + OWN_ECHO_MS);
+      const m = /^qdisc replace dev \S+ parent (\S+) handle ([0-9a-f]+):/.exec(l);
+      if (m) {
+        const set = this.ownHandles.get(dev) ?? new Set<string>();
+        set.add(m[1]).add(m[2]);
+        this.ownHandles.set(dev, set);
+      }
     }
   }
 
@@ -145,9 +225,13 @@ export class KernelView implements ScopedObserver {
       // The echo can be read from the monitors before the batch's own answer: marked while it runs (bounded
       // by the session's timeout), then stamped once it returned.
       this.noteOwn(ls, Date.now() + 5000);
+      let ok = false;
       try {
-        return await this.plain.run(ls);
+        const res = await this.plain.run(ls);
+        ok = res.code === 0;
+        return res;
       } finally {
+        if (ok) this.patchOwn(ls);
         this.noteOwn(ls, Date.now());
       }
     };

@@ -346,6 +346,9 @@ interface Trigger {
   loss: boolean;
 }
 
+/** Checks that must not trust the kernel view's cache. */
+const BACKSTOP = new Set<DriftCause>(["periodic check", "monitor resync"]);
+
 // How long after a repair's tc batch has returned its echo may still arrive from the monitors.
 const OWN_ECHO_MS = 100;
 
@@ -804,7 +807,9 @@ export class Repairer {
             log: this.quiet,
             caps: this.caps,
             lockHeld: true,
-            observer: this.o.observer,
+            // The backstops (the periodic check, a resync) read the kernel itself: they exist for what the
+            // events, and so the kernel view's cache, may have missed.
+            observer: [...batch.values()].some((t) => BACKSTOP.has(t.cause)) ? undefined : this.o.observer,
           },
           {
             domains: [],

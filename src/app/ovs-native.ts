@@ -6,14 +6,18 @@ import { type Diagnostic, ERRORS, type ErrorCode, formatDiagnostic } from "../co
 import type { DesiredInterface, Direction, DirectionLimit, StoredRecord } from "../core/model.js";
 import {
   assignOvsNative,
+  hasOvsObjects,
   OVS_HTB_HANDLE,
   OVS_OWNER_KEY,
   OVS_POLICING_RATE_UNIT_BITS_PER_SEC,
   OVS_QOS_TYPE,
   type OvsState,
+  type OvsTakeOver,
   ovsHandBack,
   ovsPolicingFor,
   ovsQosFor,
+  ovsTakenOverView,
+  ovsTakeOvers,
   ovsVsctlArgs,
   ovsWants,
   planOvs,
@@ -21,6 +25,8 @@ import {
   queueConfig,
   refuseBeforePlan,
   refuseOvs,
+  takeOverCandidate,
+  takeOverNote,
 } from "../core/ovs-native.js";
 import type { Observed, Plan } from "../core/plan.js";
 import type { Policy } from "../core/policy.js";
@@ -34,7 +40,8 @@ import type { StatusRow } from "./status.js";
 // src/core/ovs-native.ts, OVSDB access in src/adapters/ovs.ts. The engine calls, each in a delimited block:
 //   1. prepareOvsNative(), between the snapshot and plan(): which directions Open vSwitch enforces, OVSDB read
 //      where it matters, interfaces refused before anything changes (another tool's QoS on the port), and
-//      what plan() is shown of a port OVS hands back to tc;
+//      what plan() is shown of a port OVS hands back to tc, or (`ovs: tc`) of a port virtqos takes over from
+//      another tool's QoS or policing (libvirt's `<bandwidth>`);
 //   2. finishOvsNative(), after plan(): the OVSDB diff, the plan's records and diagnostics completed;
 //   3. step.applyFirst() before the tc batch (a port handed back to tc; usually nothing) and step.apply() after
 //      it (one ovs-vsctl transaction), before the records are committed.
@@ -67,6 +74,8 @@ export interface OvsPrepared {
   /** OVSDB as read; undefined where OVS does not matter to this request (or could not be read). */
   state?: OvsState;
   notes: Diagnostic[];
+  /** `ovs: tc`: ports whose foreign QoS/policing virtqos removes before the tc batch (plan() sees them without). */
+  takeOvers?: OvsTakeOver[];
   /** OVSDB could not be read, but nothing virtqos knows of is there: a removal with nothing to remove. */
   unread?: string;
 }
@@ -96,14 +105,24 @@ export async function prepareOvsNative(
     req.policy.ovs === "native" &&
     !req.desired &&
     (req.scope === "all" || req.scope.some((u) => !desired.some((d) => d.domainUuid === u)));
-  if ((!enforced && !recorded && !removing) || (req.dryRun && req.desired)) return { view, notes };
+  // `ovs: tc`: an OVS port showing ovs-vswitchd's htb 1: or ingress qdisc may carry another tool's QoS or
+  // policing (libvirt's <bandwidth>), which virtqos takes over (ovsTakeOvers).
+  const mode = req.policy.ovs ?? "tc";
+  const candidates = desired.filter(
+    (d) => takeOverCandidate(d, mode) && hasOvsObjects(d.dev ? view.devices.get(d.dev) : undefined),
+  );
+  const taking = candidates.length > 0;
+  if ((!enforced && !recorded && !removing && !taking) || (req.dryRun && req.desired)) return { view, notes };
   try {
     const state = await readOvsState(ctx.runner, ovsdbRemote());
     refuseBeforePlan(desired, state);
-    return { view, notes, state };
+    const takeOvers = taking ? ovsTakeOvers(candidates, state) : [];
+    return { view: ovsTakenOverView(view, takeOvers), notes, state, takeOvers };
   } catch (e) {
     if (!(e instanceof OvsdbError)) throw e;
     if (enforced || recorded) refuseBeforePlan(desired, undefined, e.message);
+    // ovs: tc, nothing of virtqos's in OVS: the port is left as it is (the plan reports OVS's root as foreign).
+    else if (taking) ctx.log.warning(`ovs: OVSDB not read (${e.message}); no Open vSwitch port taken over`);
     // A guest without OVS ports stopping on a host without Open vSwitch: nothing of virtqos's can be there.
     else ctx.log.debug(`ovs native: OVSDB not read (${e.message}); nothing recorded there`);
     return { view, notes, unread: e.message };
@@ -136,9 +155,17 @@ export function finishOvsNative(
   });
   // (Refusals were found before planning; planOvs finds the same ones, already reported and held.)
   p.notes.push(...plan.notes);
+  // `ovs: tc`: another tool's QoS/policing off the ports the tc batch shapes, in the same waiting transaction as
+  // a hand-back, before the tc batch; an interface the plan failed or whose tap is absent keeps its port as is.
+  const tcDevs = new Set(p.ops.map((o) => o.dev));
+  const takeOvers = (prep.takeOvers ?? []).filter(
+    (t) => !failed.has(t.owner) && !absent.has(t.owner) && tcDevs.has(t.port),
+  );
+  for (const t of takeOvers) p.notes.push(takeOverNote(t));
+  const beforeTc = [...takeOvers.flatMap((t) => t.commands), ...plan.beforeTc];
 
   const db = ovsdbRemote();
-  const first = plan.beforeTc.length ? ovsVsctlArgs(plan.beforeTc, { db, wait: true }) : undefined;
+  const first = beforeTc.length ? ovsVsctlArgs(beforeTc, { db, wait: true }) : undefined;
   const then = plan.afterTc.length ? ovsVsctlArgs(plan.afterTc, { db }) : undefined;
   return {
     argv: [first, then].filter((a): a is string[] => a !== undefined),

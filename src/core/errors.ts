@@ -226,6 +226,13 @@ export const ERRORS = {
       "A warning: part of a limit has no equivalent in Open vSwitch's QoS (`ovs: native`): a peak above the average (OVS holds the port to the average), or an upload rate that is not a whole kbit/s (ingress policing is set in kbit/s, rounded).",
     fix: "Nothing to do; the message says what OVS enforces instead. Use `ovs: tc` for peaks.",
   },
+  OVS_QOS_TAKEN_OVER: {
+    exitCode: 0,
+    httpStatus: 200,
+    summary:
+      "A warning: with `ovs: tc` (the default), an interface virtqos shapes sits on an Open vSwitch port carrying QoS or ingress policing virtqos did not set (libvirt's own `<bandwidth>` makes both: a linux-htb QoS whose queue has only min-rate, a guarantee and not a limit). virtqos cleared the port's QoS (destroying the rows no other port uses) and reset its ingress policing to 0, waited for ovs-vswitchd, and shaped the port with its own tc objects.",
+    fix: "Nothing to do; to silence it, give OVS ports their limits in virtqos metadata or the policy file instead of `<bandwidth>`, or use `ovs: native`.",
+  },
   OVS_PORT_ABSENT: {
     exitCode: 0,
     httpStatus: 200,

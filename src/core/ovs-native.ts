@@ -4,6 +4,7 @@ import type { Observed } from "./plan/types.js";
 import type { OvsMode } from "./policy/types.js";
 import { type Capabilities, policeBurstBytes } from "./recipe.js";
 import { HOOK_PARENT, isOurPrio } from "./tc/handles.js";
+import type { ObservedDevice } from "./tc/normalise.js";
 import { formatRate, formatSize, toKernelBytesPerSec } from "./units.js";
 
 // `ovs: native` (README "Open vSwitch: tc or native"): Open vSwitch enforces the limits of an interface on one
@@ -574,7 +575,184 @@ export function ovsVsctlArgs(
   return args;
 }
 
+// ------------------------------------------------------------------------------------ taking a port over (ovs: tc)
+
+/** What virtqos removes from an OVS port it takes over under `ovs: tc` (another tool's QoS or policing). */
+export interface OvsTakeOver {
+  /** The interface's key, `<domain uuid>/<mac>`. */
+  owner: string;
+  port: string;
+  label: string;
+  /** The port's QoS row, untagged: cleared from the port; `destroyed` when no other port used it. */
+  qos?: { uuid: string; type: string; queueConfig?: OvsMap; destroyed: boolean };
+  /** The Interface's ingress policing, set by someone else: reset to 0. */
+  policing?: { rateKbitPerSec: number; burstKbit: number };
+  /** The ovs-vsctl commands, in the `beforeTc` transaction (waiting for ovs-vswitchd). */
+  commands: OvsCommand[];
+}
+
+/** An interface `ovs: tc` shapes on an OVS port (with the policy's `ovs` mode; `native` takes nothing over). */
+export function takeOverCandidate(d: DesiredInterface, mode: OvsMode): boolean {
+  return (
+    mode === "tc" &&
+    !!d.ovs &&
+    !!d.dev &&
+    !d.problem &&
+    !d.notEnforceable &&
+    !d.swapped &&
+    !d.ovsNative?.length &&
+    (d.inbound !== undefined ||
+      d.outbound !== undefined ||
+      d.group?.inbound !== undefined ||
+      d.group?.outbound !== undefined)
+  );
+}
+
+/**
+ * `ovs: tc`: the interfaces whose port carries QoS or ingress policing virtqos did not set (untagged: libvirt's
+ * `<bandwidth>` makes a linux-htb QoS whose queue has only min-rate, a guarantee and not a limit, and ingress
+ * policing). virtqos takes such a port over: it clears the Port's `qos` (destroying the QoS row, and its untagged
+ * queues, only where no other port or QoS uses them: QoS and Queue are root tables, an unreferenced row would stay
+ * forever; libvirt finds its own rows by external_ids when the guest stops and tolerates their absence) and resets
+ * the Interface's ingress policing to 0, before the tc batch. Rows tagged as virtqos's are never touched here.
+ */
+export function ovsTakeOvers(candidates: DesiredInterface[], state: OvsState): OvsTakeOver[] {
+  const found: { d: DesiredInterface; port: string; qos?: string; policing: boolean }[] = [];
+  for (const d of candidates) {
+    if (!d.dev) continue;
+    const port = state.ports.get(d.dev);
+    const iface = state.interfaces.get(d.dev);
+    if (!port || !iface) continue;
+    const qos =
+      port.qos && ownerOf(state.qos.get(port.qos)?.externalIds) === undefined ? port.qos : undefined;
+    const policing = iface.policingRateKbitPerSec !== 0 && ownerOf(iface.externalIds) === undefined;
+    if (qos || policing) found.push({ d, port: d.dev, qos, policing });
+  }
+  const cleared = new Set(found.filter((f) => f.qos).map((f) => f.port));
+  const destroyedQos = new Set<string>();
+  const destroyedQueues = new Set<string>();
+  const out: OvsTakeOver[] = [];
+  for (const f of found) {
+    const t: OvsTakeOver = { owner: f.d.key, port: f.port, label: labelOf(f.d), commands: [] };
+    if (f.qos) {
+      const row = state.qos.get(f.qos);
+      t.commands.push(["clear", "port", f.port, "qos"]);
+      const users = [...state.ports].filter(([, p]) => p.qos === f.qos).map(([name]) => name);
+      const destroy = !!row && users.every((u) => cleared.has(u));
+      if (destroy && !destroyedQos.has(f.qos)) {
+        destroyedQos.add(f.qos);
+        t.commands.push(["destroy", "qos", f.qos]);
+        for (const q of Object.values(row.queues).sort()) {
+          if (destroyedQueues.has(q) || ownerOf(state.queues.get(q)?.externalIds) !== undefined) continue;
+          const usedElsewhere = [...state.qos].some(
+            ([u, other]) => !destroyedQos.has(u) && Object.values(other.queues).includes(q),
+          );
+          if (usedElsewhere || !state.queues.has(q)) continue;
+          destroyedQueues.add(q);
+          t.commands.push(["destroy", "queue", q]);
+        }
+      }
+      const queue0 = row?.queues[String(OVS_DEFAULT_QUEUE)];
+      const queueConfig = queue0 ? state.queues.get(queue0)?.otherConfig : undefined;
+      t.qos = {
+        uuid: f.qos,
+        type: row?.type ?? "?",
+        ...(queueConfig ? { queueConfig } : {}),
+        destroyed: destroy,
+      };
+    }
+    if (f.policing) {
+      const iface = state.interfaces.get(f.port);
+      t.policing = {
+        rateKbitPerSec: iface?.policingRateKbitPerSec ?? 0,
+        burstKbit: iface?.policingBurstKbit ?? 0,
+      };
+      t.commands.push(["set", "interface", f.port, "ingress_policing_rate=0", "ingress_policing_burst=0"]);
+    }
+    out.push(t);
+  }
+  return out;
+}
+
+/** The OVS_QOS_TAKEN_OVER warning for one port taken over. */
+export function takeOverNote(t: OvsTakeOver): Diagnostic {
+  const what: string[] = [];
+  if (t.qos) {
+    const q = t.qos.queueConfig;
+    const queue = q
+      ? `, queue 0 ${
+          Object.keys(q).length
+            ? Object.entries(q)
+                .map(([k, v]) => `${k}=${v}`)
+                .join(" ")
+            : "empty"
+        }`
+      : "";
+    what.push(
+      `QoS ${t.qos.uuid} (type ${t.qos.type}${queue}; ${t.qos.destroyed ? "row destroyed" : "row left: another port uses it"})`,
+    );
+  }
+  if (t.policing)
+    what.push(
+      `ingress_policing_rate=${t.policing.rateKbitPerSec} ingress_policing_burst=${t.policing.burstKbit} (reset to 0)`,
+    );
+  return {
+    code: "OVS_QOS_TAKEN_OVER",
+    level: "warning",
+    iface: t.owner,
+    dev: t.port,
+    message: `${t.label}: virtqos takes Open vSwitch port ${t.port} over (ovs: tc) and removes ${what.join(" and ")}: they were not virtqos's (libvirt's <bandwidth> on an OVS port sets them); libvirt's OVS QoS is a guarantee (min-rate), not a limit, and OVS's htb 1: would keep virtqos's own tc objects off the port`,
+  };
+}
+
 // ------------------------------------------------------------------------------------ tc's view of a port
+
+/**
+ * The device as ovs-vswitchd leaves it once its QoS (`inbound`: its `htb 1:` root and classes) or its ingress
+ * policing (`outbound`: its `ingress` qdisc and the filters not virtqos's) are gone; undefined if nothing changes.
+ */
+function withoutOvsObjects(
+  obs: ObservedDevice,
+  inbound: boolean,
+  outbound: boolean,
+): ObservedDevice | undefined {
+  let { qdiscs, classes, filters } = obs;
+  let changed = false;
+  if (inbound) {
+    const root = qdiscs.find((q) => q.parent === "root");
+    if (root?.kind === "htb" && root.handle === OVS_HTB_HANDLE) {
+      qdiscs = qdiscs.filter((q) => q !== root && !q.parent.startsWith(OVS_HTB_HANDLE));
+      classes = classes.filter((c) => !c.classid.startsWith(OVS_HTB_HANDLE));
+      changed = true;
+    }
+  }
+  if (outbound) {
+    const hook = qdiscs.find((q) => q.parent === HOOK_PARENT);
+    if (hook?.kind === "ingress") {
+      qdiscs = qdiscs.filter((q) => q !== hook);
+      filters = filters.filter((f) => f.hook !== "ingress" || isOurPrio(f.prio));
+      changed = true;
+    }
+  }
+  return changed ? { ...obs, qdiscs, classes, filters } : undefined;
+}
+
+/** Whether a device shows what ovs-vswitchd builds for QoS or policing (`htb 1:` root, an `ingress` qdisc). */
+export function hasOvsObjects(obs: ObservedDevice | undefined): boolean {
+  return !!obs && withoutOvsObjects(obs, true, true) !== undefined;
+}
+
+/** The planner's view of the ports taken over: as ovs-vswitchd leaves them once the takeover is done. */
+export function ovsTakenOverView(observed: Observed, takeOvers: OvsTakeOver[]): Observed {
+  if (!takeOvers.length) return observed;
+  const devices = new Map(observed.devices);
+  for (const t of takeOvers) {
+    const obs = devices.get(t.port);
+    const after = obs && withoutOvsObjects(obs, !!t.qos, !!t.policing);
+    if (after) devices.set(t.port, after);
+  }
+  return { ...observed, devices };
+}
 
 /**
  * When a direction goes back from Open vSwitch to tc in this apply (the policy switched to `ovs: tc`, the
@@ -601,24 +779,10 @@ export function ovsHandBack(
         (d[direction] !== undefined || d.group?.[direction] !== undefined);
       const obs = devices.get(i.dev);
       if (!obs) continue;
-      let { qdiscs, classes, filters } = obs;
-      if (toTc("inbound")) {
-        const root = qdiscs.find((q) => q.parent === "root");
-        if (root?.kind === "htb" && root.handle === OVS_HTB_HANDLE) {
-          qdiscs = qdiscs.filter((q) => q !== root && !q.parent.startsWith(OVS_HTB_HANDLE));
-          classes = classes.filter((c) => !c.classid.startsWith(OVS_HTB_HANDLE));
-          devs.add(i.dev);
-        }
-      }
-      if (toTc("outbound")) {
-        const hook = qdiscs.find((q) => q.parent === HOOK_PARENT);
-        if (hook?.kind === "ingress") {
-          qdiscs = qdiscs.filter((q) => q !== hook);
-          filters = filters.filter((f) => f.hook !== "ingress" || isOurPrio(f.prio));
-          devs.add(i.dev);
-        }
-      }
-      devices.set(i.dev, { ...obs, qdiscs, classes, filters });
+      const after = withoutOvsObjects(obs, toTc("inbound"), toTc("outbound"));
+      if (!after) continue;
+      devs.add(i.dev);
+      devices.set(i.dev, after);
     }
   }
   return { observed: devs.size ? { ...observed, devices } : observed, devs };

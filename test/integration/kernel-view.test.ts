@@ -154,6 +154,8 @@ domains:
 
   test("the echo of its own change is not handed to the drift repairer; a deletion always is", async () => {
     const tap = lab.guests[0].tap;
+    // Past the echo window of every earlier change (before() shaped the other guest through the view too).
+    await new Promise((r) => setTimeout(r, 400));
     await service.setInterface("kv1", "1", { inbound: { average: 2500 }, persist: "live" }, OP);
     const ev = (kind: "class-changed" | "qdisc-changed" | "qdisc-deleted", dev = tap) => ({
       at: Date.now(),
@@ -167,6 +169,38 @@ domains:
     assert.equal(view.onKernelEvent(ev("class-changed", lab.guests[1].tap)), true, "another device");
     await new Promise((r) => setTimeout(r, 400));
     assert.equal(view.onKernelEvent(ev("class-changed")), true, "after the echo window");
+    await service.reapply(uuids[0]);
+  });
+
+  test("a rate change's leaf TBF: the cache takes its new state from the change, and agrees with the kernel", async () => {
+    const tap = lab.guests[0].tap;
+    await service.setInterface("kv1", "1", { inbound: { average: 1500 }, persist: "live" }, OP);
+    const dumps = view.stats.dumps + view.stats.qdiscReads;
+    await service.setInterface("kv1", "1", { inbound: { average: 3000 }, persist: "live" }, OP);
+    // The echo of the TBF replace has arrived by now, and left the entry alone.
+    await new Promise((r) => setTimeout(r, 150));
+    assert.ok(view.cached(tap), "still cached after its own change's echo");
+    const g = lab.guests[0];
+    const info = parseDomainXml(domainXml(g.name, uuids[0], [{ guest: g, bridge: lab.bridge }]));
+    const desired = resolveDomain(info, pol).interfaces;
+    const fast = await view.observeScoped({ desired, scopeUuids: [uuids[0]], runDir: h.runDir });
+    assert.equal(view.stats.dumps + view.stats.qdiscReads, dumps, "no qdisc read for either change");
+    const full = await observe(h.runner, {
+      devs: [tap],
+      records: loadRecords(h.runDir),
+      scopeUuids: [uuids[0]],
+    });
+    const tbf = (o: typeof fast) => o?.devices.get(tap)?.qdiscs.find((q) => q.kind === "tbf");
+    const [cachedTbf, kernelTbf] = [tbf(fast), tbf(full)];
+    assert.ok(cachedTbf && kernelTbf, "a TBF leaf on the tap");
+    assert.equal(cachedTbf.options.rate, kernelTbf.options.rate, "rate (bytes/s) as the kernel has it");
+    const lat = [Number(cachedTbf.options.lat), Number(kernelTbf.options.lat)];
+    assert.ok(Math.abs(lat[0] - lat[1]) <= Math.max(2, lat[1] * 0.02), `lat ${lat.join(" vs ")} µs`);
+    // What a plan makes of it is what it makes of the kernel's own answer.
+    const { plan } = await import("../../src/core/plan.js");
+    const opts = { leaf: pol.leaf, scope: [uuids[0]], sweep: false, groups: pol.groups };
+    assert.ok(fast);
+    assert.deepEqual(plan(desired, fast, h.caps, opts).ops, plan(desired, full, h.caps, opts).ops);
     await service.reapply(uuids[0]);
   });
 

@@ -470,4 +470,78 @@ describe("ovs: native against a private Open vSwitch", { skip }, () => {
     assert.equal(s.interfaces.get(TAP)?.policingRateKbitPerSec, 0);
     await tcUntil("noqueue", ["qdisc", "show", "dev", TAP], /qdisc noqueue 0: root/);
   });
+
+  test(
+    "ovs: tc takes over libvirt's QoS and policing: cleared first, then virtqos's tree; download within 3 %",
+    { timeout: 180_000 },
+    async () => {
+      // As libvirt's <bandwidth> on an OVS port leaves it: an untagged linux-htb QoS whose queue 0 has only
+      // min-rate (a guarantee; max-rate unset = link speed), and ingress policing on the Interface.
+      const vmId = ["external_ids:vm-id=vqtake", `external_ids:ifname=${TAP}`];
+      await vsctl(
+        "--",
+        "set",
+        "port",
+        TAP,
+        "qos=@q",
+        "--",
+        "--id=@q",
+        "create",
+        "qos",
+        "type=linux-htb",
+        `other_config:min-rate=${RATE}`,
+        "queues:0=@u",
+        ...vmId,
+        "--",
+        "--id=@u",
+        "create",
+        "queue",
+        `other_config:min-rate=${RATE}`,
+        ...vmId,
+        "--",
+        "set",
+        "interface",
+        TAP,
+        "ingress_policing_rate=10000",
+        "ingress_policing_burst=10000",
+      );
+      await tcUntil("OVS's htb for libvirt's QoS", ["qdisc", "show", "dev", TAP], /qdisc htb 1: root/);
+      const lv = (await ovs()).ports.get(TAP)?.qos;
+      assert.ok(lv, "the port has libvirt's QoS");
+
+      const r = await apply([XML], pol("tc"));
+      assert.deepEqual(r.plan.problems, []);
+      assert.equal(r.failure, undefined);
+      const notes = r.plan.notes.filter((n) => n.code === "OVS_QOS_TAKEN_OVER");
+      assert.equal(notes.length, 1);
+      console.log(`# ${notes[0].message}`);
+      assert.match(notes[0].message, new RegExp(`port ${TAP}.*QoS ${lv}.*ingress_policing_rate=10000`));
+      const first = r.ovsVsctl?.[0] ?? [];
+      console.log(`# ovs-vsctl ${first.join(" ")}`);
+      assert.ok(first.includes("clear") && !first.includes("--no-wait"), "cleared, waiting for ovs-vswitchd");
+      const s = await ovs();
+      assert.equal(s.ports.get(TAP)?.qos, undefined, "the port's qos is empty");
+      assert.equal(s.qos.has(lv), false, "libvirt's QoS row (used by no other port) destroyed");
+      assert.equal(s.queues.size, 0, "and its queue");
+      assert.equal(s.interfaces.get(TAP)?.policingRateKbitPerSec, 0);
+      assert.equal(s.interfaces.get(TAP)?.policingBurstKbit, 0);
+      assert.match(await tc("qdisc", "show", "dev", TAP), /qdisc htb 7651: root/);
+      // ovs-vswitchd is done with the port: nothing takes virtqos's root away a moment later.
+      await sleep(1000);
+      assert.match(await tc("qdisc", "show", "dev", TAP), /qdisc htb 7651: root/);
+      const rows = await collectStatus(ctx.runner, runDir, caps, pol("tc"));
+      assert.ok(
+        rows.length === 2 && rows.every((x) => x.matches && x.enforcer === undefined),
+        JSON.stringify(rows.map((x) => [x.direction, x.matches, x.note])),
+      );
+      assertWithin(
+        await download("ovs: tc after the takeover, download", RATE),
+        RATE,
+        "download through virtqos's htb on an OVS port taken over",
+      );
+      // Applied again: nothing foreign any more, nothing to do.
+      const again = await apply([XML], pol("tc"));
+      assert.deepEqual([again.plan.ops, again.ovsVsctl, again.plan.problems], [[], undefined, []]);
+    },
+  );
 });

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import type { Runner } from "../../src/adapters/exec.js";
+import { createLogger } from "../../src/adapters/log.js";
 import { ovsReadArgs, parseOvsState } from "../../src/adapters/ovs.js";
+import { finishOvsNative, prepareOvsNative } from "../../src/app/ovs-native.js";
 import { desiredFromRecords } from "../../src/app/status.js";
 import type { DesiredInterface, DomainRecord } from "../../src/core/model.js";
 import {
@@ -10,11 +13,15 @@ import {
   ovsHandBack,
   ovsPolicingFor,
   ovsQosFor,
+  ovsTakenOverView,
+  ovsTakeOvers,
   ovsVsctlArgs,
   ovsWants,
   planOvs,
   refuseBeforePlan,
   refuseOvs,
+  takeOverCandidate,
+  takeOverNote,
 } from "../../src/core/ovs-native.js";
 import { plan } from "../../src/core/plan.js";
 import { emptyPolicy, parsePolicy } from "../../src/core/policy.js";
@@ -573,5 +580,203 @@ describe("reading OVSDB", () => {
       otherConfig: { burst: "80000", "max-rate": "20000000" },
       externalIds: { "virtqos-owner": "x/y" },
     });
+  });
+});
+
+// ------------------------------------------------------------------------------------ ovs: tc takes a port over
+
+/** OVSDB as libvirt's `<bandwidth>` leaves port vnet1: an untagged linux-htb QoS, queue 0 min-rate only, policing. */
+function stateLibvirt(): OvsState {
+  const s = stateWithPort();
+  s.ports.set("vnet1", { uuid: "p-vnet1", qos: "q-lv" });
+  s.qos.set("q-lv", { type: "linux-htb", otherConfig: {}, queues: { "0": "u-lv" }, externalIds: {} });
+  s.queues.set("u-lv", { otherConfig: { "min-rate": "10000000" }, externalIds: {} });
+  s.interfaces.set("vnet1", {
+    uuid: "i-vnet1",
+    policingRateKbitPerSec: 10_000,
+    policingBurstKbit: 10_000,
+    externalIds: {},
+  });
+  return s;
+}
+
+/** ovs-vsctl's `--format=json --data=json` output of the four lists, for a fake runner. */
+function vsctlJson(s: OvsState): string {
+  const map = (m: Record<string, string>) => ["map", Object.entries(m)];
+  const doc = (headings: string[], data: unknown[][]) => JSON.stringify({ data, headings });
+  return [
+    doc(
+      ["_uuid", "name", "qos"],
+      [...s.ports].map(([n, p]) => [["uuid", p.uuid], n, p.qos ? ["uuid", p.qos] : ["set", []]]),
+    ),
+    doc(
+      ["_uuid", "name", "ingress_policing_rate", "ingress_policing_burst", "external_ids"],
+      [...s.interfaces].map(([n, i]) => [
+        ["uuid", i.uuid],
+        n,
+        i.policingRateKbitPerSec,
+        i.policingBurstKbit,
+        map(i.externalIds),
+      ]),
+    ),
+    doc(
+      ["_uuid", "type", "other_config", "queues", "external_ids"],
+      [...s.qos].map(([u, q]) => [
+        ["uuid", u],
+        q.type,
+        map(q.otherConfig),
+        ["map", Object.entries(q.queues).map(([k, v]) => [Number(k), ["uuid", v]])],
+        map(q.externalIds),
+      ]),
+    ),
+    doc(
+      ["_uuid", "other_config", "external_ids"],
+      [...s.queues].map(([u, q]) => [["uuid", u], map(q.otherConfig), map(q.externalIds)]),
+    ),
+  ].join("\n");
+}
+
+const TAKE_OVER = [
+  ["clear", "port", "vnet1", "qos"],
+  ["destroy", "qos", "q-lv"],
+  ["destroy", "queue", "u-lv"],
+  ["set", "interface", "vnet1", "ingress_policing_rate=0", "ingress_policing_burst=0"],
+];
+
+describe("ovs: tc takes a port with libvirt's QoS and policing over", () => {
+  const tcIface = () => iface({ ovs: true, inbound: limit(10), outbound: limit(10) });
+  const ovsRoot = { kind: "htb", handle: "1:", parent: "root", options: {} };
+
+  test("untagged QoS + policing: cleared, rows destroyed, policing 0, in that order", () => {
+    const d = tcIface();
+    assert.equal(takeOverCandidate(d, "tc"), true);
+    const [t, ...rest] = ovsTakeOvers([d], stateLibvirt());
+    assert.deepEqual(rest, []);
+    assert.deepEqual(t.commands, TAKE_OVER);
+    assert.deepEqual(ovsVsctlArgs(t.commands, { wait: true }), [
+      "--timeout=10",
+      "--",
+      ...TAKE_OVER.flatMap((c, i) => (i ? ["--", ...c] : c)),
+    ]);
+    const note = takeOverNote(t);
+    assert.deepEqual([note.code, note.level, note.dev], ["OVS_QOS_TAKEN_OVER", "warning", "vnet1"]);
+    assert.match(
+      note.message,
+      /port vnet1 .*QoS q-lv \(type linux-htb, queue 0 min-rate=10000000; row destroyed\)/,
+    );
+    assert.match(note.message, /ingress_policing_rate=10000 .*guarantee \(min-rate\), not a limit/);
+  });
+
+  test("a QoS another port uses too: only this port's reference is cleared", () => {
+    const s = stateLibvirt();
+    s.ports.set("vnet9", { uuid: "p-vnet9", qos: "q-lv" });
+    const [t] = ovsTakeOvers([tcIface()], s);
+    assert.deepEqual(t.commands, [TAKE_OVER[0], TAKE_OVER[3]]);
+    assert.match(takeOverNote(t).message, /row left: another port uses it/);
+  });
+
+  test("only the QoS, only the policing", () => {
+    const q = stateLibvirt();
+    q.interfaces.set("vnet1", {
+      uuid: "i-vnet1",
+      policingRateKbitPerSec: 0,
+      policingBurstKbit: 0,
+      externalIds: {},
+    });
+    assert.deepEqual(ovsTakeOvers([tcIface()], q)[0].commands, TAKE_OVER.slice(0, 3));
+    const p = stateLibvirt();
+    p.ports.set("vnet1", { uuid: "p-vnet1" });
+    assert.deepEqual(ovsTakeOvers([tcIface()], p)[0].commands, [TAKE_OVER[3]]);
+  });
+
+  test("virtqos's own (tagged) rows are never taken over; a free port neither", () => {
+    assert.deepEqual(ovsTakeOvers([tcIface()], stateApplied()), []);
+    assert.deepEqual(ovsTakeOvers([tcIface()], stateWithPort()), []);
+  });
+
+  test("ovs: native is unchanged: no candidate, the foreign QoS is still refused", () => {
+    const { d } = native(10, 10);
+    assert.equal(takeOverCandidate(d, "native"), false);
+    assert.equal(takeOverCandidate(tcIface(), "native"), false);
+    assert.equal(takeOverCandidate(iface({ inbound: limit(10) }), "tc"), false, "not an OVS port");
+    assert.equal(takeOverCandidate(iface({ ovs: true }), "tc"), false, "nothing to shape");
+    const p = planOvs(ovsWants([d]).wants, stateLibvirt(), { inScope, sweep: true });
+    assert.deepEqual(
+      p.problems.map((x) => x.code),
+      ["OVS_QOS_FOREIGN"],
+    );
+  });
+
+  test("the plan sees the port as ovs-vswitchd leaves it after the takeover", () => {
+    const d = tcIface();
+    const obs = observed([device("vnet1", { qdiscs: [ovsRoot] })]);
+    const raw = plan([d], obs, PRODUCTION, { leaf: "auto", scope: [UUID], sweep: true });
+    assert.deepEqual(
+      raw.problems.map((x) => x.code),
+      ["ROOT_QDISC_FOREIGN"],
+    );
+    const view = ovsTakenOverView(obs, ovsTakeOvers([d], stateLibvirt()));
+    const p = plan([d], view, PRODUCTION, { leaf: "auto", scope: [UUID], sweep: true });
+    assert.deepEqual(p.problems, []);
+    assert.ok(p.ops.some((o) => o.op === "root-replace" && o.dev === "vnet1"));
+  });
+
+  /** prepareOvsNative + plan + finishOvsNative, with OVSDB read from a fake ovs-vsctl. */
+  async function engineBlocks(policyText: string, s: OvsState, d: DesiredInterface) {
+    const calls: string[][] = [];
+    const runner: Runner = {
+      async run(cmd, args) {
+        calls.push([cmd, ...args]);
+        return { code: 0, stdout: args.includes("list") ? vsctlJson(s) : "", stderr: "" };
+      },
+    };
+    const ctx = { runner, log: createLogger({ level: "error", target: "silent" }) };
+    const req = { policy: parsePolicy(policyText, "p.yaml"), scope: [UUID] };
+    const obs = observed([device("vnet1", { qdiscs: [ovsRoot] })]);
+    const prep = await prepareOvsNative(ctx, req, [d], obs, PRODUCTION);
+    const p = plan([d], prep.view, PRODUCTION, { leaf: "auto", scope: [UUID], sweep: true });
+    const step = finishOvsNative(ctx, req, [d], p, prep);
+    return { calls, p, step };
+  }
+
+  test("engine blocks, ovs: tc: one waiting ovs-vsctl before the tc batch, then virtqos's tree", async () => {
+    const saved = process.env.VIRTQOS_OVSDB;
+    delete process.env.VIRTQOS_OVSDB;
+    try {
+      const { calls, p, step } = await engineBlocks("ovs: tc\n", stateLibvirt(), tcIface());
+      assert.deepEqual(p.problems, []);
+      assert.ok(p.ops.some((o) => o.op === "root-replace" && o.dev === "vnet1"));
+      assert.deepEqual(
+        p.notes.filter((n) => n.code === "OVS_QOS_TAKEN_OVER").map((n) => n.dev),
+        ["vnet1"],
+      );
+      const first = ["--timeout=10", "--", ...TAKE_OVER.flatMap((c, i) => (i ? ["--", ...c] : c))];
+      assert.deepEqual(step?.argv, [first]);
+      assert.ok(!first.includes("--no-wait"), "waits for ovs-vswitchd");
+      assert.equal(calls.length, 1, "a plan only reads OVSDB");
+      await step?.applyFirst();
+      assert.deepEqual(calls[1], ["ovs-vsctl", ...first]);
+      assert.equal(await step?.apply(), true);
+      assert.equal(calls.length, 2);
+    } finally {
+      if (saved !== undefined) process.env.VIRTQOS_OVSDB = saved;
+    }
+  });
+
+  test("engine blocks, ovs: tc, virtqos's own tagged rows: no takeover (they are its own, handed back)", async () => {
+    const { p } = await engineBlocks("ovs: tc\n", stateApplied(), tcIface());
+    assert.ok(!p.notes.some((n) => n.code === "OVS_QOS_TAKEN_OVER"));
+  });
+
+  test("engine blocks, ovs: native: still OVS_QOS_FOREIGN, nothing run", async () => {
+    const { d } = native(10, 10);
+    delete d.ovsNative; // prepareOvsNative assigns it from the policy
+    const { p, step } = await engineBlocks("ovs: native\n", stateLibvirt(), d);
+    assert.deepEqual(
+      p.problems.map((x) => x.code),
+      ["OVS_QOS_FOREIGN"],
+    );
+    assert.ok(!p.notes.some((n) => n.code === "OVS_QOS_TAKEN_OVER"));
+    assert.deepEqual(step?.argv ?? [], []);
   });
 });
