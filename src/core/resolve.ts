@@ -67,7 +67,7 @@ export function resolveDomain(domain: DomainInfo, policy: Policy): ResolveResult
     }
     if (base.ovs && (base.inbound?.source === "bandwidth" || base.outbound?.source === "bandwidth")) {
       warnings.push(
-        `domain ${domain.name} interface ${mac}: <bandwidth> on an Open vSwitch port is also applied by libvirt through OVS (linux-htb QoS, ingress policing), which replaces virtqos's qdiscs; give this limit in <metadata> or the policy file instead`,
+        `domain ${domain.name} interface ${mac}: <bandwidth> on an Open vSwitch port is also applied by libvirt through OVS (a linux-htb QoS that only guarantees the rate, ingress policing); with ovs: tc virtqos takes them off the port and shapes it itself (OVS_QOS_TAKEN_OVER), with ovs: native it refuses the port (OVS_QOS_FOREIGN); give this limit in <metadata> or the policy file instead, and libvirt leaves OVS alone`,
       );
     }
     if (!HOST_NETDEV_TYPES.has(iface.type)) {
