@@ -1,3 +1,4 @@
+import type { ContestedEntry } from "../app/status.js";
 import type { LimitSource } from "../core/model.js";
 
 // The agent's vocabulary, shared by its doors (REST, Nova action, CLI through the socket) and the service
@@ -120,30 +121,10 @@ export interface AuditQuery {
 
 /**
  * A kernel object the agent's drift repair keeps finding changed back after repairing it (another tool keeps
- * changing it), so it now repairs it only with a back-off (docs/drift.md). Times are ISO 8601, UTC.
+ * changing it), so it now repairs it only with a back-off (docs/drift.md); as the repairer writes it to
+ * <runDir>/contested.json for `virtqos status` (src/app/status.ts). Times are ISO 8601, UTC.
  */
-export interface ContestedObjectView {
-  /** The device it is on: a guest's tap, an interface's IFB or a group's IFB. */
-  dev: string;
-  /** What on that device: "root qdisc", "ingress redirect", "ifb", "class", "extra class"... */
-  object: string;
-  /** The guests whose shaping it is (several for a group's IFB). */
-  domains: { name: string; uuid: string }[];
-  /** When it became contested. */
-  since: string;
-  /** When a check last found it changed. */
-  lastDriftAt: string;
-  /** Times it was found changed again since it became contested. */
-  drifts: number;
-  /** How long the agent now waits between repairs of it. */
-  backoffMs: number;
-  /** When the next repair is due, if one waits. */
-  nextRepairAt?: string;
-  /** When it stops being contested if it is not changed again (5 min after the last drift). */
-  until: string;
-  /** What the checks said, most recent last. */
-  reasons: string[];
-}
+export type ContestedObjectView = ContestedEntry;
 
 export interface Health {
   libvirt: { connected: boolean; uri: string; since?: string; error?: string };

@@ -82,16 +82,25 @@ export const CONTESTED_FILE = "contested.json";
 export const CONTESTED_VERSION = 1;
 
 export interface ContestedEntry {
+  /** The device it is on: a guest's tap, an interface's IFB or a group's IFB. */
   dev: string;
+  /** What on that device: "root qdisc", "ingress redirect", "ifb", "class", "extra class"... */
   object: string;
+  /** The guests whose shaping it is (several for a group's IFB). */
   domains: { name: string; uuid: string }[];
+  /** When it became contested. */
   since: string;
+  /** When a check last found it changed (by something no OVS event explains). */
   lastDriftAt: string;
+  /** Times it was found changed again since it became contested. */
   drifts: number;
+  /** How long the agent now waits between repairs of it. */
   backoffMs: number;
+  /** When the next repair is due, if one waits. */
   nextRepairAt?: string;
-  /** When it stops being contested unless it drifts again: readers drop it after that. */
+  /** When it stops being contested unless it drifts again (5 min after the last drift): readers drop it after that. */
   until: string;
+  /** What the checks said, most recent last. */
   reasons: string[];
 }
 

@@ -7,7 +7,6 @@ import { BatchSession } from "../../src/adapters/batch-session.js";
 import { onChildSpawn } from "../../src/adapters/exec.js";
 import { observe } from "../../src/adapters/kernel.js";
 import { type KernelWatch, watchKernel } from "../../src/adapters/kernel-watch.js";
-import type { Logger } from "../../src/adapters/log.js";
 import { loadRecords, loadRecordsOf } from "../../src/adapters/state.js";
 import { KernelView } from "../../src/agent/kernel-view.js";
 import type { LocalService } from "../../src/agent/service.js";
@@ -17,6 +16,7 @@ import { resolveDomain } from "../../src/core/resolve.js";
 import { run } from "../../src/lab/exec.js";
 import type { MemorySource } from "../../src/lab/memory-source.js";
 import type { Lab } from "../../src/lab/topology.js";
+import { captureLog, type LogLine } from "../helpers/capture-log.js";
 import { labService } from "../helpers/lab-service.js";
 import {
   closeLab,
@@ -34,20 +34,6 @@ import {
 // read; a kernel event drops the entry.
 
 const OP: Principal = { name: "test-operator", role: "operator", via: "token" };
-
-function captureLog(lines: string[]): Logger {
-  const add = (level: string) => (msg: string) => {
-    lines.push(`${level}: ${msg}`);
-  };
-  return {
-    debug: add("debug"),
-    info: add("info"),
-    warning: add("warning"),
-    error: add("error"),
-    setLevel: () => {},
-    close: async () => {},
-  } as unknown as Logger;
-}
 
 /** `rate` of the tap's HTB class 7651:1, from tc's text ("rate 20Mbit"). */
 async function classRate(ns: string, dev: string): Promise<string | undefined> {
@@ -71,7 +57,7 @@ describe("the agent's kernel view (namespace lab, real tc)", { skip: SKIP_NOT_RO
   let service: LocalService;
   let view: KernelView;
   let watch: KernelWatch;
-  const logLines: string[] = [];
+  const logLines: LogLine[] = [];
   const uuids = [uuidFor("kv1"), uuidFor("kv2")];
   const pol = policy(`
 domains:
@@ -208,7 +194,7 @@ domains:
     const tap = lab.guests[1].tap;
     // A view nobody tells about kernel changes, so its cache goes stale: the root is deleted behind its back.
     const blind = new KernelView({ runner: h.runner, netns: lab.hostNs });
-    const lines: string[] = [];
+    const lines: LogLine[] = [];
     const { service: svc, source: src } = labService(h, stateDir, pol, {
       kernelView: blind,
       log: captureLog(lines),
@@ -223,8 +209,8 @@ domains:
       await svc.setInterface("kv2", "1", { inbound: { average: 625 }, persist: "live" }, OP);
       assert.equal(await classRate(lab.hostNs, tap), "5Mbit", "shaped again, at the new rate");
       assert.ok(
-        lines.some((l) => /again on a full read/.test(l)),
-        `the fallback is logged: ${lines.join(" | ")}`,
+        lines.some((l) => /again on a full read/.test(l.msg)),
+        `the fallback is logged: ${lines.map((l) => l.msg).join(" | ")}`,
       );
     } finally {
       blind.close();

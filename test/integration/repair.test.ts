@@ -6,7 +6,6 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type KernelWatch, preciseNow, watchKernel } from "../../src/adapters/kernel-watch.js";
-import type { Logger } from "../../src/adapters/log.js";
 import { loadRecords } from "../../src/adapters/state.js";
 import { socketAuthenticator } from "../../src/agent/api/listen.js";
 import { buildApi } from "../../src/agent/api/server.js";
@@ -19,6 +18,7 @@ import { emptyPolicy } from "../../src/core/policy.js";
 import { run, sleep, spawnBackground } from "../../src/lab/exec.js";
 import { MemorySource } from "../../src/lab/memory-source.js";
 import type { Lab, LabGuest } from "../../src/lab/topology.js";
+import { captureLog, type LogLine } from "../helpers/capture-log.js";
 import {
   closeLab,
   domainXml,
@@ -67,25 +67,6 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
 const WITHIN_MS = 1000;
 const OP: Principal = { name: "test-operator", role: "operator", via: "token" };
 const BW = { average: 1250 }; // 10 Mbit/s, libvirt units
-
-interface Line {
-  level: "debug" | "info" | "warning" | "error";
-  msg: string;
-}
-
-function captureLog(lines: Line[]): Logger {
-  const add = (level: Line["level"]) => (msg: string) => {
-    lines.push({ level, msg });
-  };
-  return {
-    debug: add("debug"),
-    info: add("info"),
-    warning: add("warning"),
-    error: add("error"),
-    setLevel: () => {},
-    close: async () => {},
-  };
-}
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -155,7 +136,7 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
 
   interface Rig {
     repairer: Repairer;
-    lines: Line[];
+    lines: LogLine[];
     reports: RepairReport[];
     causes: string[];
     contestedGauge: number[];
@@ -168,7 +149,7 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
       await current.idle();
       current.close();
     }
-    const lines: Line[] = [];
+    const lines: LogLine[] = [];
     const reports: RepairReport[] = [];
     const causes: string[] = [];
     const contestedGauge: number[] = [];
