@@ -154,7 +154,7 @@ export class LocalService implements AgentService {
   }
 
   /**
-   * A live change's or a re-apply's reconcile: through the kernel view when the agent has one. A plan made on what the view
+   * A live change's reconcile: through the kernel view when the agent has one. A plan made on what the view
    * read can be a few ms behind the kernel; when the kernel refuses it (and the engine rolled it back), the
    * change is made again on a full read.
    */
@@ -547,8 +547,10 @@ export class LocalService implements AgentService {
       const uuid = info?.uuid ?? record?.domainUuid ?? domain;
       const policy = await this.deps.policy();
       const ctx = this.engine(door, "agent");
-      // A drift repair or an event's re-apply: the watch's event dropped the cached qdiscs of what changed.
-      const r = await this.applyScoped(ctx, {
+      // A drift repair or an event's re-apply reads the kernel itself: against another tool that keeps changing
+      // the device (the contested case), a plan on the view's cache fails more often than one on a full read,
+      // and each failure costs a rollback and a second attempt inside the fighter's window.
+      const r = await this.timed(ctx, {
         domains: running && info ? [info] : [],
         policy,
         scope: [uuid],
