@@ -64,6 +64,8 @@ export class KernelView implements ScopedObserver {
   private readonly own = new Map<string, number>();
   /** Devices whose cached qdiscs were brought up to date from the view's own change (see patchOwn). */
   private readonly patched = new Set<string>();
+  /** Devices a batch sent through runner() changes, until it returned (its echo can come first). */
+  private readonly running = new Set<string>();
   /** Per device, within the echo window: majors of the qdiscs the view replaced ("7655") and their parents ("7651:1"). */
   private readonly ownHandles = new Map<string, Set<string>>();
   /** What observeScoped() did, for tests and the benchmark. */
@@ -105,7 +107,15 @@ export class KernelView implements ScopedObserver {
     // Classes and filters are read anew every time: only a qdisc or a link makes a cached entry stale.
     if (!e.kind.startsWith("qdisc-") && !e.kind.startsWith("link-")) return !echo;
     // The echo of a leaf change whose new state the cache already holds (patchOwn).
-    if (echo && (e.kind === "qdisc-changed" || childOfOwn) && this.patched.has(e.dev)) return false;
+    // While its batch still runs, the entry is left for patchOwn() to update or drop once the batch returned.
+    // Only for a qdisc the view itself replaced: another qdisc changed on the device is not its echo.
+    const ownQdisc = e.handle !== undefined && (mine?.has(e.handle.split(":")[0]) ?? false);
+    if (
+      echo &&
+      ((e.kind === "qdisc-changed" && ownQdisc) || childOfOwn) &&
+      (this.patched.has(e.dev) || this.running.has(e.dev))
+    )
+      return false;
     this.events++;
     this.lastEvent.set(e.dev, this.events);
     this.qdiscs.delete(e.dev);
@@ -225,13 +235,18 @@ export class KernelView implements ScopedObserver {
       // The echo can be read from the monitors before the batch's own answer: marked while it runs (bounded
       // by the session's timeout), then stamped once it returned.
       this.noteOwn(ls, Date.now() + 5000);
+      const devs = ls.flatMap((l) => / dev (\S+)/.exec(l)?.[1] ?? []);
+      for (const d of devs) this.running.add(d);
       let ok = false;
       try {
         const res = await this.plain.run(ls);
         ok = res.code === 0;
         return res;
       } finally {
+        for (const d of devs) this.running.delete(d);
         if (ok) this.patchOwn(ls);
+        // A batch that failed part-way changed what it changed: nothing cached about its devices holds.
+        else for (const d of devs) this.qdiscs.delete(d);
         this.noteOwn(ls, Date.now());
       }
     };
