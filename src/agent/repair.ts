@@ -29,7 +29,6 @@ import {
   type ContestedFile,
   contestedPath,
   desiredFromRecords,
-  readContested,
 } from "../app/status.js";
 import type { DomainRecord, StoredRecord } from "../core/model.js";
 import { groupIfbName } from "../core/names.js";
@@ -1281,14 +1280,6 @@ export function writeContestedFile(runDir: string, objects: ContestedEntry[]): v
     rmSync(tmp, { force: true });
     throw e;
   }
-}
-
-/**
- * The agent's health with the contested objects added, as the repairer last wrote them (src/agent/main.ts
- * wraps the service's health with it: /v1/health and the metrics).
- */
-export function withContested(health: () => Health, runDir: string): () => Health {
-  return () => ({ ...health(), contested: readContested(runDir) });
 }
 
 // ------------------------------------------------------------------------------------ the watches

@@ -9,7 +9,7 @@ import { type KernelWatch, preciseNow, watchKernel } from "../../src/adapters/ke
 import { loadRecords } from "../../src/adapters/state.js";
 import { socketAuthenticator } from "../../src/agent/api/listen.js";
 import { buildApi } from "../../src/agent/api/server.js";
-import { Repairer, type RepairerOptions, type RepairReport, withContested } from "../../src/agent/repair.js";
+import { Repairer, type RepairerOptions, type RepairReport } from "../../src/agent/repair.js";
 import { LocalService } from "../../src/agent/service.js";
 import type { Health, Principal } from "../../src/agent/types.js";
 import { pruneGone } from "../../src/app/prune.js";
@@ -122,6 +122,8 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
       log: captureLog([]),
       policy: async () => emptyPolicy(),
       caps: h.caps,
+      // As src/agent/main.ts wires it: the health carries what the repairer keeps in contested.json.
+      contested: () => readContested(h.runDir),
     });
     for (const name of Object.keys(uuids)) await service.reapply(uuids[name]);
     watch = watchKernel({ netns: lab.hostNs, onEvent: (e) => current?.onKernelEvent(e) });
@@ -431,8 +433,6 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
       others.every((x) => x.contested === undefined),
       JSON.stringify(others.filter((x) => x.contested)),
     );
-    const plainHealth = service.health.bind(service);
-    service.health = withContested(plainHealth, h.runDir); // as src/agent/main.ts does
     const api = buildApi({ service, auth: socketAuthenticator() });
     try {
       const res = await api.inject({ method: "GET", url: "/v1/health" });
@@ -447,7 +447,6 @@ describe("drift repair (namespace lab, real tc, real kernel watch)", { skip: SKI
       t.diagnostic(`/v1/health contested: ${JSON.stringify(c)}`);
     } finally {
       await api.close();
-      service.health = plainHealth;
     }
     // Once the other party stops, the backed-off repair still comes and puts it right.
     const deadline = Date.now() + 20_000;

@@ -4,9 +4,12 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { processRunner } from "../../src/adapters/exec.js";
+import { createLogger } from "../../src/adapters/log.js";
 import { socketAuthenticator } from "../../src/agent/api/listen.js";
 import { buildApi } from "../../src/agent/api/server.js";
-import { withContested, writeContestedFile } from "../../src/agent/repair.js";
+import { writeContestedFile } from "../../src/agent/repair.js";
+import { LocalService } from "../../src/agent/service.js";
 import type { Health } from "../../src/agent/types.js";
 import {
   CONTESTED_VERSION,
@@ -18,6 +21,8 @@ import {
   type StatusRow,
   statusTable,
 } from "../../src/app/status.js";
+import { emptyPolicy } from "../../src/core/policy.js";
+import { MemorySource } from "../../src/lab/memory-source.js";
 import { FakeAgentService } from "../helpers/fake-agent.js";
 
 // The contested set the agent's drift repair persists for `virtqos status` and /v1/health (<runDir>/contested.json):
@@ -175,21 +180,27 @@ describe("contested.json: writing", () => {
     assert.deepEqual(readContested(join(dir, "new")), objects, "the run dir is created if need be");
   });
 
-  test("withContested: the health says what the file says, [] for none", () => {
+  test("the service's health says what the file says, [] for none (wired as src/agent/main.ts does)", () => {
     const dir = tmp();
-    const base: Health = { libvirt: { connected: true, uri: "test:///" }, queueDepth: 0, uptimeSeconds: 5 };
-    const health = withContested(() => base, dir);
-    assert.deepEqual(health(), { ...base, contested: [] });
+    const service = new LocalService({
+      source: new MemorySource(),
+      runner: processRunner(),
+      runDir: dir,
+      log: createLogger({ level: "error", target: "silent" }),
+      policy: async () => emptyPolicy(),
+      contested: () => readContested(dir),
+    });
+    assert.deepEqual(service.health().contested, []);
     const e = entry();
     writeContestedFile(dir, [e]);
-    assert.deepEqual(health(), { ...base, contested: [e] });
+    assert.deepEqual(service.health().contested, [e]);
   });
 
   test("GET /v1/health answers the contested objects (the schema lets them through)", async () => {
     const dir = tmp();
     const service = new FakeAgentService();
     const plain = service.health.bind(service);
-    service.health = withContested(plain, dir);
+    service.health = (): Health => ({ ...plain(), contested: readContested(dir) });
     const app = buildApi({ service, auth: socketAuthenticator() });
     try {
       let r = await app.inject({ method: "GET", url: "/v1/health" });
