@@ -28,7 +28,8 @@ import { HOOK_PARENT, ROOT_HANDLE } from "../core/tc/handles.js";
 // anything unusual (police filters whose JSON lacks the rate, names that cannot be batch words) take the full
 // read: undefined from observeScoped().
 
-type QdiscEntry = { qdiscs: ObservedQdisc[] };
+/** The device a tc batch line is about (`... dev X ...`). */
+const devOf = (line: string): string | undefined => / dev (\S+)/.exec(line)?.[1];
 
 const DEV_NAME = /^[A-Za-z0-9_.:@+-]{1,15}$/;
 
@@ -53,7 +54,7 @@ export class KernelView implements ScopedObserver {
   private readonly detail: BatchSession;
   private readonly plain: BatchSession;
   private readonly ip: BatchSession;
-  private readonly qdiscs = new Map<string, QdiscEntry>();
+  private readonly qdiscs = new Map<string, ObservedQdisc[]>();
   /** Kernel events seen so far, and the count at each device's last event: a read older than it is stale. */
   private events = 0;
   private readonly lastEvent = new Map<string, number>();
@@ -147,10 +148,10 @@ export class KernelView implements ScopedObserver {
     const updates = new Map<string, ObservedQdisc[] | undefined>();
     for (const l of lines) {
       if (!l.startsWith("qdisc ")) continue;
-      const dev = / dev (\S+)/.exec(l)?.[1];
+      const dev = devOf(l);
       if (!dev) continue;
       const m = TBF_REPLACE.exec(l);
-      const cached = updates.has(dev) ? updates.get(dev) : this.qdiscs.get(dev)?.qdiscs;
+      const cached = updates.has(dev) ? updates.get(dev) : this.qdiscs.get(dev);
       const i = m && cached ? cached.findIndex((q) => q.handle === m[3] && q.kind === "tbf") : -1;
       if (!m || !cached || i < 0) {
         updates.set(dev, undefined);
@@ -174,7 +175,7 @@ export class KernelView implements ScopedObserver {
     }
     for (const [dev, qdiscs] of updates) {
       if (qdiscs) {
-        this.qdiscs.set(dev, { qdiscs });
+        this.qdiscs.set(dev, qdiscs);
         this.patched.add(dev);
       } else {
         this.qdiscs.delete(dev);
@@ -193,7 +194,7 @@ export class KernelView implements ScopedObserver {
       this.ownHandles.delete(dev);
     }
     for (const l of lines) {
-      const dev = / dev (\S+)/.exec(l)?.[1];
+      const dev = devOf(l);
       if (!dev) continue;
       this.own.set(dev, sentAt + OWN_ECHO_MS);
       const m = /^qdisc replace dev \S+ parent (\S+) handle ([0-9a-f]+):/.exec(l);
@@ -235,7 +236,7 @@ export class KernelView implements ScopedObserver {
       // The echo can be read from the monitors before the batch's own answer: marked while it runs (bounded
       // by the session's timeout), then stamped once it returned.
       this.noteOwn(ls, Date.now() + 5000);
-      const devs = ls.flatMap((l) => / dev (\S+)/.exec(l)?.[1] ?? []);
+      const devs = ls.flatMap((l) => devOf(l) ?? []);
       for (const d of devs) this.running.add(d);
       let ok = false;
       try {
@@ -374,7 +375,7 @@ export class KernelView implements ScopedObserver {
       const hit = this.caching ? this.qdiscs.get(dev) : undefined;
       if (hit) {
         this.stats.qdiscHits++;
-        out.set(dev, hit.qdiscs);
+        out.set(dev, hit);
       } else missing.push(dev);
     }
     if (!missing.length) return out;
@@ -403,7 +404,7 @@ export class KernelView implements ScopedObserver {
       for (const [dev, qdiscs] of byDev) {
         // A device with an event since the read began may have changed after the kernel answered.
         if ((this.lastEvent.get(dev) ?? 0) > events) continue;
-        this.qdiscs.set(dev, { qdiscs });
+        this.qdiscs.set(dev, qdiscs);
       }
     }
     return out;
